@@ -1,0 +1,23 @@
+"""BoT strong baseline (Luo et al. 2019), the official recipe (methods.md §1.3).
+
+ResNet-50, last stride 1, no stem ReLU, BNNeck; CE with label smoothing 0.1 + batch-hard triplet
+0.3 (+ center loss 5e-4 with ``:center=1``). Adam 3.5e-4, wd 5e-4 coupled, warmup 10 epochs from
+factor 0.01, x0.1 at epochs 40 and 70, 120 epochs, scheduler stepped at epoch start. P=16 x K=4
+at 256x128. Test: BNNeck feature, L2-normalised, squared Euclidean.
+
+Usage: --config=configs/baseline.py[:DATASET] with DATASET one of market1501 (default),
+dukemtmc_reid, msmt17, cuhk03_np, synthetic; or :dataset=NAME,center=1.
+"""
+
+from reid_jax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, dataset='market1501', center=0)
+  config = config_lib.base_config()
+  config.model = config_lib.model_config('baseline')
+  config.model.stem_relu = False  # BoT's backbone has no ReLU after the stem BN
+  config.input.dataset = args.dataset
+  if int(args.center):
+    config.loss.center_weight = 5e-4
+  return config

@@ -1,0 +1,123 @@
+"""Shared pieces of the ``configs/<method>.py`` files.
+
+Each method config calls ``base_config()`` and overrides what its official recipe sets. Sections:
+  config.model     the network (``name`` picks the registry entry; see reid_jax.models)
+  config.input     dataset and input pipeline (sampler, image size, augmentations)
+  config.loss      loss weights and hyper-parameters
+  config.optim     optimizer and learning-rate schedule
+  config.eval      test-time feature and evaluation protocol
+The config argument (``--config=configs/x.py:ARG``) selects the dataset, e.g. ``:dukemtmc_reid``
+or ``:synthetic``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+  """Backbone fields shared by every method (reid_jax.models.resnet.ResNet)."""
+  return ml_collections.ConfigDict(dict(
+      name=name,
+      depth=50,
+      last_stride=1,
+      stem_relu=True,
+      maxpool_ceil_mode=False,
+      ibn=False,
+      width=64,            # stem channels; 64 is the real ResNet
+      neck_feat='after',   # BNNeck test feature: 'after' (BN output) or 'before' (GAP)
+      dtype='float32',     # compute dtype; parameters stay float32
+  ))
+
+
+def input_config() -> ml_collections.ConfigDict:
+  """Dataset and input pipeline (reid_jax.data)."""
+  return ml_collections.ConfigDict(dict(
+      dataset='market1501',  # TFDS name, 'name/config' for builder configs
+      data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data_dir; None = TFDS default
+      size=(256, 128),       # (H, W) in pixels
+      interpolation='bilinear',
+      test_interpolation='bilinear',
+      p=16,                  # identities per batch
+      k=4,                   # images per identity
+      flip_prob=0.5,
+      crop='pad',            # 'pad' (Pad(pad) + RandomCrop), 'translate' (x1.125 then crop), 'none'
+      pad=10,
+      erasing_prob=0.5,
+      erasing_fill=IMAGENET_MEAN,  # per-channel fill on the normalised image
+      mean=IMAGENET_MEAN,
+      std=IMAGENET_STD,
+      eval_batch_size=128,
+  ))
+
+
+def eval_config() -> ml_collections.ConfigDict:
+  """Test-time feature and protocol (reid_jax.evaluation)."""
+  return ml_collections.ConfigDict(dict(
+      flip='none',           # 'none', 'sum' or 'mean' of the features of x and fliplr(x)
+      normalize=True,        # L2-normalise features before the distance
+      metric='sqeuclidean',  # 'euclidean', 'sqeuclidean' or 'cosine'
+      ap='step',             # 'step' (torchreid/fast-reid) or 'trapezoid' (Market-1501 official/MPN)
+      max_rank=50,
+      rerank=False,
+      rerank_k1=20,
+      rerank_k2=6,
+      rerank_lambda=0.3,
+      every_epochs=40,
+  ))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.model = model_config('baseline')
+  config.input = input_config()
+  config.loss = ml_collections.ConfigDict(dict(
+      ce_epsilon=0.1,
+      ce_num_classes=ml_collections.config_dict.placeholder(int),  # APNet's fixed-751 quirk
+      triplet_margin=0.3,
+      triplet_soft_margin=False,
+      center_weight=0.0,
+  ))
+  config.optim = ml_collections.ConfigDict(dict(
+      name='adam',
+      lr=3.5e-4,
+      weight_decay=5e-4,
+      bias_lr_factor=1.0,
+      weight_decay_bias=5e-4,
+      betas=(0.9, 0.999),
+      momentum=0.9,
+      nesterov=False,
+      schedule='warmup_multistep',
+      warmup_epochs=10,
+      warmup_factor=0.01,
+      milestones=(40, 70),
+      gamma=0.1,
+      step_at='epoch_start',  # BoT steps its scheduler at epoch start, APNet at epoch end
+      center_lr=0.5,
+  ))
+  config.num_epochs = 120
+  config.eval = eval_config()
+  config.mesh = (('data', -1),)
+  return config
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """``'a=1,b=x'`` or a bare word (the dataset) into a ConfigDict of strings over ``defaults``."""
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for i, item in enumerate(arg.split(',')):
+    if '=' in item:
+      key, value = item.split('=', 1)
+    elif i == 0:
+      key, value = 'dataset', item
+    else:
+      raise ValueError(f'config argument {arg!r}: expected key=value items, got {item!r}')
+    if key not in out:
+      raise ValueError(f'config argument {arg!r}: unknown key {key!r}; known: {sorted(out)}')
+    out[key] = type(out[key])(value) if out[key] is not None else value
+  return out

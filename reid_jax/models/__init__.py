@@ -1,0 +1,41 @@
+"""reid_jax models: one NNX backbone (``resnet``), one file per method, a registry by name.
+
+Stable API:
+  build_model(model_config, num_classes, seed=0) -> nnx.Module
+  embed(model, images_nhwc) -> [B, D] test feature (eval mode; no flip, no L2 normalisation)
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reid_jax.models import bot  # noqa: F401  (registers 'baseline')
+from reid_jax.models.registry import get_builder, names, register  # noqa: F401
+from reid_jax.models.resnet import ResNet  # noqa: F401
+
+
+def build_model(model_config, num_classes: int, seed: int = 0) -> nnx.Module:
+  """Builds ``config.model.name`` with ``num_classes`` classifier rows, in train mode."""
+  model = get_builder(model_config.name)(model_config, num_classes, rngs=nnx.Rngs(seed))
+  model.train()
+  return model
+
+
+@jax.jit
+def _embed(graphdef, state, images):
+  model = nnx.merge(graphdef, state)  # a fresh copy: switching it to eval leaves the caller's alone
+  model.eval()
+  return model(images)
+
+
+def embed(model: nnx.Module, images) -> jax.Array:
+  """The method's test feature ``[B, D]`` for images ``[B, H, W, 3]`` (normalised float32).
+
+  Runs the model in eval mode, exactly as the official ``model.eval()(x)``: no flip and no L2
+  normalisation (those are evaluation settings, see ``reid_jax.evaluation``). The model's own
+  train/eval mode is left unchanged.
+  """
+  graphdef, state = nnx.split(model)
+  return _embed(graphdef, state, jnp.asarray(images, jnp.float32))

@@ -1,0 +1,65 @@
+"""BoT strong baseline (Luo et al. 2019): ResNet (last stride 1, no stem ReLU) -> GAP -> BNNeck -> classifier.
+
+methods.md §1. The BNNeck is a BatchNorm1d whose bias is frozen at 0; the classifier has no bias and
+is initialised N(0, 0.001²).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from reid_jax.models import registry
+from reid_jax.models.layers import BatchNorm, global_avg_pool
+from reid_jax.models.resnet import ResNet, resnet_from_config
+
+Array = jax.Array
+
+
+class BNNeckHead(nnx.Module):
+  """GAP feature ``[B, D]`` -> BNNeck (BN1d, frozen zero bias) -> linear classifier (no bias).
+
+  ``neck_feat='after'`` makes the test feature the BN output, ``'before'`` the GAP feature.
+  """
+
+  def __init__(self, in_features: int, num_classes: int, *, neck_feat: str = 'after',
+               rngs: nnx.Rngs):
+    if neck_feat not in ('after', 'before'):
+      raise ValueError(f"config.model.neck_feat must be 'after' or 'before', got {neck_feat!r}")
+    self.neck_feat = neck_feat
+    self.bottleneck = BatchNorm(in_features, bias='frozen')
+    self.classifier = nnx.Linear(
+        in_features, num_classes, use_bias=False,
+        kernel_init=nnx.initializers.normal(stddev=0.001), rngs=rngs)
+
+  def __call__(self, global_feat: Array, *, train: bool):
+    feat = self.bottleneck(global_feat)
+    if train:
+      return {'logits': self.classifier(feat).astype(jnp.float32),
+              'global_feat': global_feat.astype(jnp.float32)}
+    return feat if self.neck_feat == 'after' else global_feat
+
+
+class Baseline(nnx.Module):
+  """The BoT model.
+
+  Train mode (``model.train()``): ``x [B, H, W, 3] -> {'logits': [B, num_classes],
+  'global_feat': [B, D]}`` (triplet and center losses act on the pre-BN ``global_feat``).
+  Eval mode (``model.eval()``): ``x -> [B, D]`` test feature, as the official ``model.eval()(x)``.
+  """
+
+  def __init__(self, backbone: ResNet, num_classes: int, *, neck_feat: str = 'after',
+               rngs: nnx.Rngs):
+    self.base = backbone
+    self.head = BNNeckHead(backbone.out_features, num_classes, neck_feat=neck_feat, rngs=rngs)
+    self.use_running_average = False  # flipped by model.eval() / model.train()
+
+  def __call__(self, x: Array):
+    return self.head(global_avg_pool(self.base(x)), train=not self.use_running_average)
+
+
+@registry.register('baseline')
+def build_baseline(model_config, num_classes: int, *, rngs: nnx.Rngs) -> Baseline:
+  return Baseline(resnet_from_config(model_config, rngs=rngs), num_classes,
+                  neck_feat=model_config.get('neck_feat', 'after'), rngs=rngs)

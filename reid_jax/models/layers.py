@@ -1,0 +1,166 @@
+"""Building blocks shared by every backbone and head, written to match PyTorch numerics.
+
+All tensors are channels-last: images and maps are ``[B, H, W, C]``, vectors ``[B, C]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+class FrozenParam(nnx.Variable):
+  """A parameter that is loaded and saved but never trained (e.g. the BNNeck bias).
+
+  It is not an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` and gradients taken
+  with respect to ``nnx.Param`` skip it, as ``requires_grad_(False)`` does in PyTorch.
+  """
+
+
+def kaiming_normal_fan_out() -> nnx.Initializer:
+  """torchvision's conv init: ``kaiming_normal_(mode='fan_out', nonlinearity='relu')``."""
+  return nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def torch_default_uniform(fan_in: int) -> nnx.Initializer:
+  """PyTorch's default Linear/Conv init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for weight and bias."""
+  bound = 1.0 / float(fan_in) ** 0.5
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+         padding: int | None = None, use_bias: bool = False, rngs: nnx.Rngs,
+         kernel_init: nnx.Initializer | None = None, dtype=None) -> nnx.Conv:
+  """A 2-D convolution with PyTorch's symmetric explicit padding (default ``kernel_size // 2``).
+
+  'SAME' padding is never used: for stride 2 on even sizes it pads (0, 1) where PyTorch pads (1, 1).
+  """
+  pad = kernel_size // 2 if padding is None else padding
+  fan_in = in_features * kernel_size * kernel_size
+  return nnx.Conv(
+      in_features, out_features, (kernel_size, kernel_size), strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), use_bias=use_bias,
+      kernel_init=kernel_init or kaiming_normal_fan_out(),
+      bias_init=torch_default_uniform(fan_in), dtype=dtype, rngs=rngs)
+
+
+class BatchNorm(nnx.Module):
+  """BatchNorm over every axis but the last, with PyTorch semantics.
+
+  * Train mode (``use_running_average=False``) normalises with the biased batch variance and
+    updates the running variance with the *unbiased* one (n / (n - 1)), as ``torch.nn.BatchNorm``
+    does. ``momentum`` is PyTorch's (weight of the new batch statistic, default 0.1).
+  * Eval mode normalises with the running statistics.
+  * ``bias='frozen'`` keeps a bias that is loaded but never trained (BNNeck); ``bias=False``
+    has none.
+  Statistics are always computed in float32; the output takes the input's dtype.
+  Input ``[..., C]``: ``[B, C]`` for BatchNorm1d, ``[B, H, W, C]`` for BatchNorm2d.
+  """
+
+  def __init__(self, num_features: int, *, momentum: float = 0.1, epsilon: float = 1e-5,
+               bias: bool | str = True, use_running_average: bool = False):
+    if bias not in (True, False, 'frozen'):
+      raise ValueError(f"BatchNorm bias must be True, False or 'frozen', got {bias!r}")
+    self.num_features = num_features
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.use_running_average = use_running_average
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    if bias == 'frozen':
+      self.bias = FrozenParam(jnp.zeros((num_features,), jnp.float32))
+    elif bias:
+      self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    else:
+      self.bias = None
+    self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+    self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+  def __call__(self, x: Array) -> Array:
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = self.mean[...], self.var[...]
+    else:
+      axes = tuple(range(x.ndim - 1))
+      n = 1
+      for a in axes:
+        n *= x.shape[a]
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      unbiased = var * (n / max(n - 1, 1))
+      m = self.momentum
+      self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+      self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
+    if self.bias is not None:
+      y = y + self.bias[...]
+    return y.astype(dtype)
+
+
+class InstanceNorm(nnx.Module):
+  """``torch.nn.InstanceNorm2d(C, affine=True)``: per-sample, per-channel over H, W. ``[B, H, W, C]``."""
+
+  def __init__(self, num_features: int, *, epsilon: float = 1e-5):
+    self.epsilon = epsilon
+    self.scale = nnx.Param(jnp.ones((num_features,), jnp.float32))
+    self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+  def __call__(self, x: Array) -> Array:
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
+    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
+    return y.astype(x.dtype)
+
+
+class IBN(nnx.Module):
+  """IBN-a normalisation (Pan et al. 2018): InstanceNorm on the first ``C // 2`` channels,
+  BatchNorm on the rest (PyTorch keys ``bn1.IN.*`` and ``bn1.BN.*``). ``[B, H, W, C]``."""
+
+  def __init__(self, num_features: int):
+    self.half = num_features // 2
+    self.IN = InstanceNorm(self.half)
+    self.BN = BatchNorm(num_features - self.half)
+
+  def __call__(self, x: Array) -> Array:
+    return jnp.concatenate([self.IN(x[..., :self.half]), self.BN(x[..., self.half:])], axis=-1)
+
+
+def max_pool(x: Array, window: int = 3, stride: int = 2, padding: int = 1,
+             ceil_mode: bool = False) -> Array:
+  """``torch.nn.MaxPool2d(window, stride, padding, ceil_mode)`` on ``[B, H, W, C]``.
+
+  Padding is -inf. With ``ceil_mode`` the last window may start inside the right/bottom padding
+  region only if it starts inside the input or left padding, as PyTorch rules.
+  """
+  pads = []
+  for size in x.shape[1:3]:
+    eff = size + 2 * padding - window
+    if ceil_mode:
+      out = -(-eff // stride) + 1
+      if (out - 1) * stride >= size + padding:
+        out -= 1
+    else:
+      out = eff // stride + 1
+    extra = max((out - 1) * stride + window - (size + 2 * padding), 0)
+    pads.append((padding, padding + extra))
+  return jax.lax.reduce_window(
+      x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+      ((0, 0), pads[0], pads[1], (0, 0)))
+
+
+def global_avg_pool(x: Array) -> Array:
+  """``[B, H, W, C] -> [B, C]``, accumulated in float32."""
+  return jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(x.dtype)
+
+
+def flip_width(images: Array) -> Array:
+  """Horizontal flip of ``[B, H, W, C]``."""
+  return images[:, :, ::-1, :]
