@@ -1,0 +1,86 @@
+"""Orbax checkpoints of reid_jax models.
+
+A checkpoint directory is an orbax ``CheckpointManager`` root: one sub-directory per step, each
+with named items. Every writer stores at least
+  ``model``  the NNX state of the model (params, BatchNorm statistics, frozen params), and
+  ``meta``   JSON: ``num_classes``, the model config and where the weights came from,
+so ``restore_model`` can rebuild any reid_jax checkpoint, whether it was written by the converter
+or by training (which adds ``optimizer``, ``data`` and more items to the same steps).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from reid_jax import models
+
+
+def _manager(directory: str, **options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(os.path.abspath(directory),
+                               options=ocp.CheckpointManagerOptions(**options))
+
+
+def save_model(model: nnx.Module, directory: str, *, num_classes: int,
+               model_config: ml_collections.ConfigDict, step: int = 0,
+               extra_meta: dict[str, Any] | None = None) -> str:
+  """Writes ``model`` as step ``step`` of the checkpoint at ``directory``; returns the step path.
+
+  Orbax writes into a temporary directory and renames it when complete, so an interrupted save
+  never leaves a step that looks finished.
+  """
+  meta = {'num_classes': int(num_classes), 'model': model_config.to_dict(), **(extra_meta or {})}
+  with _manager(directory, enable_async_checkpointing=False) as mngr:
+    mngr.save(step, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(nnx.state(model)), meta=ocp.args.JsonSave(meta)))
+    mngr.wait_until_finished()
+  return os.path.join(os.path.abspath(directory), str(step))
+
+
+def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
+  with _manager(directory) as mngr:
+    step = _pick_step(mngr, directory, step)
+    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+
+
+def _pick_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
+  steps = mngr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f'no reid_jax checkpoint under {directory!r} (expected orbax step '
+                            f'directories such as {directory}/0 written by reid_jax.convert or '
+                            f'training)')
+  if step is None:
+    return max(steps)
+  if step not in steps:
+    raise FileNotFoundError(f'checkpoint {directory!r} has no step {step}; it has {sorted(steps)}')
+  return step
+
+
+def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
+                  step: int | None = None) -> nnx.Module:
+  """Builds ``model_config``'s model and fills it from the checkpoint (latest step by default).
+
+  The classifier width comes from the checkpoint's ``meta``. A checkpoint written for another
+  architecture fails with the mismatching variable named.
+  """
+  with _manager(directory) as mngr:
+    step = _pick_step(mngr, directory, step)
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    abstract = nnx.eval_shape(lambda: models.build_model(model_config, meta['num_classes']))
+    graphdef, abstract_state = nnx.split(abstract)
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          model=ocp.args.StandardRestore(target))).model
+    except (ValueError, KeyError) as e:
+      raise ValueError(f'checkpoint {directory!r} step {step} does not fit model '
+                       f'{model_config.name!r} as configured: {e}') from e
+  model = nnx.merge(graphdef, restored)
+  model.train()
+  return model
