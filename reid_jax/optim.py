@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -57,17 +57,6 @@ def epoch_learning_rates(optim_config, num_epochs: int) -> np.ndarray:
   return np.asarray(out, np.float64)
 
 
-def step_schedule(epoch_lrs: np.ndarray, steps_per_epoch: int) -> Callable[[Any], jax.Array]:
-  """Per-step schedule that holds epoch ``e``'s rate for its ``steps_per_epoch`` steps."""
-  table = jnp.asarray(epoch_lrs, jnp.float32)
-
-  def schedule(step):
-    epoch = jnp.minimum(step // steps_per_epoch, table.shape[0] - 1)
-    return table[epoch]
-
-  return schedule
-
-
 def _is_bias(path) -> bool:
   return any('bias' in str(getattr(k, 'key', getattr(k, 'name', k))) for k in path)
 
@@ -77,11 +66,14 @@ def bias_mask(params) -> Any:
   return jax.tree_util.tree_map_with_path(lambda path, _: _is_bias(path), params)
 
 
-def make_optimizer(optim_config, schedule: Callable, params) -> optax.GradientTransformation:
-  """The recipe's optimizer over ``params`` (an ``nnx.Param`` state), with per-group lr and decay.
+def make_optimizer(optim_config, params) -> optax.GradientTransformation:
+  """The recipe's optimizer over ``params`` (an ``nnx.Param`` state), with per-group decay.
 
   ``adam`` / ``amsgrad``: ``torch.optim.Adam(..., amsgrad)`` with coupled weight decay.
   ``sgd``: ``torch.optim.SGD(momentum, nesterov, weight_decay)``.
+  The learning rate is left out: the caller multiplies the updates by ``-lr`` of the current
+  epoch (``apply_learning_rate``), because epochs of the P x K sampler differ in length and the
+  rate follows the epoch, not the step count. Bias parameters are scaled by ``bias_lr_factor``.
   """
   c = optim_config
   is_bias = bias_mask(params)
@@ -97,10 +89,12 @@ def make_optimizer(optim_config, schedule: Callable, params) -> optax.GradientTr
   else:
     raise ValueError(f"config.optim.name must be 'adam', 'amsgrad' or 'sgd', got {c.name!r}")
   factor = jax.tree.map(lambda b: c.bias_lr_factor if b else 1.0, is_bias)
-  return optax.chain(
-      *decay, direction,
-      optax.scale_by_learning_rate(schedule),
-      _scale_per_leaf(factor))
+  return optax.chain(*decay, direction, _scale_per_leaf(factor))
+
+
+def apply_learning_rate(updates, lr):
+  """``-lr * updates``: gradient descent with the epoch's learning rate."""
+  return jax.tree.map(lambda u: (-lr * u).astype(u.dtype), updates)
 
 
 def _scale_per_leaf(factors) -> optax.GradientTransformation:

@@ -66,11 +66,6 @@ def test_schedule_matches_torch_warmup_scheduler_driven_like_official_code():
   np.testing.assert_allclose(optim.epoch_learning_rates(bot_optim(), 120), seen, rtol=1e-12)
 
 
-def test_step_schedule_holds_epoch_rate():
-  sched = optim.step_schedule(np.array([1.0, 2.0, 3.0]), steps_per_epoch=4)
-  assert [float(sched(s)) for s in (0, 3, 4, 7, 8, 11, 50)] == [1, 1, 2, 2, 3, 3, 3]
-
-
 @pytest.mark.parametrize('name', ['adam', 'amsgrad', 'sgd'])
 def test_optimizer_steps_match_torch_with_bias_groups(name):
   rng = np.random.RandomState(0)
@@ -90,13 +85,13 @@ def test_optimizer_steps_match_torch_with_bias_groups(name):
   else:
     topt = torch.optim.Adam(groups, lr=lr, betas=(0.9, 0.999), amsgrad=name == 'amsgrad')
   params = {'layer': {'kernel': w0.copy(), 'bias': b0.copy()}}
-  tx = optim.make_optimizer(c, lambda step: lr, params)
+  tx = optim.make_optimizer(c, params)
   state = tx.init(params)
   import optax
   for gw, gb in grads:
     tw.grad, tb.grad = torch.tensor(gw), torch.tensor(gb)
     topt.step()
     updates, state = tx.update({'layer': {'kernel': gw, 'bias': gb}}, state, params)
-    params = optax.apply_updates(params, updates)
+    params = optax.apply_updates(params, optim.apply_learning_rate(updates, lr))
   np.testing.assert_allclose(params['layer']['kernel'], tw.detach().numpy(), rtol=2e-5, atol=1e-7)
   np.testing.assert_allclose(params['layer']['bias'], tb.detach().numpy(), rtol=2e-5, atol=1e-7)

@@ -1,0 +1,298 @@
+"""The one training loop every method plugs into.
+
+A method contributes a model builder and a loss (``reid_jax.models.registry``); everything else is
+shared: the P x K input pipeline, the PyTorch-exact optimizer and per-epoch learning rate, the
+sharded jitted step, orbax checkpoints with exact resume and preemption, clu logging and periodic
+evaluation.
+
+Functional NNX: the model is split once into ``graphdef`` + state; the step is a pure
+``jax.jit`` function of a state pytree (donated), merged back into a module only inside the step,
+for evaluation and for checkpoints.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from reid_jax import checkpoint as ckpt_lib
+from reid_jax import models, optim
+from reid_jax.models import registry
+
+TrainState = dict[str, Any]  # params, rest, opt_state, centers, step
+
+
+# ----------------------------------------------------------------------------------- mesh
+def make_mesh(config) -> jax.sharding.Mesh:
+  """``config.mesh``: ``(('data', -1),)`` or ``(('data', -1), ('fsdp', n))``; -1 = the rest.
+
+  Axis types are ``Auto``: batch-global losses (triplet, center) need no annotations.
+  """
+  names = tuple(n for n, _ in config.mesh)
+  sizes = [s for _, s in config.mesh]
+  if any(n not in ('data', 'fsdp') for n in names):
+    raise ValueError(f"config.mesh axes must be 'data' and optionally 'fsdp', got {names}")
+  n = jax.device_count()
+  known = int(np.prod([s for s in sizes if s != -1]))
+  sizes = [n // known if s == -1 else s for s in sizes]
+  if int(np.prod(sizes)) != n:
+    raise ValueError(f'config.mesh {config.mesh} does not cover the {n} devices')
+  return jax.make_mesh(tuple(sizes), names,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+
+
+def batch_axes(mesh) -> tuple[str, ...]:
+  return tuple(a for a in ('data', 'fsdp') if a in mesh.axis_names)
+
+
+def param_sharding(mesh, x) -> NamedSharding:
+  """Replicated, or with an ``fsdp`` axis the largest divisible dimension split over it."""
+  if 'fsdp' not in mesh.axis_names or not hasattr(x, 'shape') or x.ndim == 0:
+    return NamedSharding(mesh, P())
+  n = mesh.shape['fsdp']
+  dims = [d for d in np.argsort(x.shape)[::-1] if x.shape[d] % n == 0 and x.shape[d] >= n]
+  if not dims or x.size < 2**14:  # small tensors: sharding costs more than it saves
+    return NamedSharding(mesh, P())
+  spec = [None] * x.ndim
+  spec[dims[0]] = 'fsdp'
+  return NamedSharding(mesh, P(*spec))
+
+
+# ----------------------------------------------------------------------------------- state
+def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
+  """Builds the model, optimizer and center-loss centres; returns ``(graphdef, state, tx)``."""
+  model = models.build_model(config.model, num_classes, seed=config.seed)
+  if config.get('init_checkpoint'):
+    src = ckpt_lib.restore_model(config.model, config.init_checkpoint)
+    nnx.update(model, nnx.state(src))
+    logging.info('initialised from %s', config.init_checkpoint)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optim.make_optimizer(config.optim, params)
+  dim = models.feature_dim(model)
+  centers = None
+  if config.loss.center_weight > 0:
+    centers = jax.random.normal(jax.random.key(config.seed + 1), (num_classes, dim), jnp.float32)
+  state = {'params': params, 'rest': rest, 'opt_state': tx.init(params), 'centers': centers,
+           'step': jnp.zeros([], jnp.int32)}
+  state = jax.device_put(state, jax.tree.map(lambda x: param_sharding(mesh, x), state))
+  return graphdef, state, tx
+
+
+def make_train_step(graphdef, tx, config, mesh):
+  """A jitted ``(state, batch, lr) -> (state, metrics)`` with the state donated."""
+  loss_fn = registry.get_loss(config.model.name)
+  loss_config = config.loss
+
+  def step(state, batch, lr):
+    def objective(params, centers):
+      model = nnx.merge(graphdef, params, state['rest'])
+      outputs = model(batch['image'])
+      loss, metrics = loss_fn(outputs, batch['label'], loss_config, centers)
+      _, _, rest = nnx.split(model, nnx.Param, ...)
+      return loss, (metrics, rest)
+
+    (_, (metrics, rest)), (g_params, g_centers) = jax.value_and_grad(
+        objective, argnums=(0, 1), has_aux=True)(state['params'], state['centers'])
+    updates, opt_state = tx.update(g_params, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], optim.apply_learning_rate(updates, lr))
+    centers = state['centers']
+    if centers is not None:
+      # BoT: the centres' gradient is rescaled by 1 / center_weight, then SGD(center_lr).
+      centers = centers - config.optim.center_lr * g_centers / loss_config.center_weight
+    metrics = dict(metrics, lr=lr)
+    new_state = {'params': params, 'rest': rest, 'opt_state': opt_state, 'centers': centers,
+                 'step': state['step'] + 1}
+    return new_state, metrics
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def model_from_state(graphdef, state) -> nnx.Module:
+  return nnx.merge(graphdef, state['params'], state['rest'])
+
+
+# ----------------------------------------------------------------------------------- data
+def put_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """This process's slice of the global batch -> global arrays sharded over the batch axes."""
+  sharding = NamedSharding(mesh, P(batch_axes(mesh)))
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in batch.items() if k in ('image', 'label')}
+
+
+# ----------------------------------------------------------------------------------- eval
+def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None, workdir=None,
+                   pictures: bool = False) -> dict[str, Any]:
+  """Query/gallery features of ``model`` and the ReID metrics under ``config.eval``."""
+  from reid_jax import data, evaluation
+  from reid_jax.extract import extract_features
+  feats = {}
+  for split in ('query', 'gallery'):
+    batches = data.eval_batches(config.input, split, batch_size=config.input.eval_batch_size,
+                                multiple_of=jax.device_count(), data_dir=data_dir)
+    feats[split] = extract_features(model, batches, flip=config.eval.flip,
+                                    normalize=config.eval.normalize)
+  (qf, qp, qc), (gf, gp, gc) = feats['query'][:3], feats['gallery'][:3]
+  results = evaluation.evaluate(qf, gf, qp, gp, qc, gc, metric=config.eval.metric,
+                                max_rank=config.eval.max_rank, ap=config.eval.ap, mesh=mesh)
+  if config.eval.rerank:
+    rr = evaluation.evaluate(qf, gf, qp, gp, qc, gc, metric=config.eval.metric,
+                             max_rank=config.eval.max_rank, ap=config.eval.ap, rerank=True,
+                             k1=config.eval.rerank_k1, k2=config.eval.rerank_k2,
+                             lambda_value=config.eval.rerank_lambda)
+    results = dict(results, reranked=rr)
+  return results
+
+
+def summary(results: dict[str, Any], prefix: str = '') -> dict[str, float]:
+  """R1/R5/R10/mAP/mINP in percent, flat, for writers and JSON."""
+  cmc = np.asarray(results['cmc'])
+  out = {f'{prefix}R1': 100 * float(cmc[0]), f'{prefix}R5': 100 * float(cmc[min(4, len(cmc) - 1)]),
+         f'{prefix}R10': 100 * float(cmc[min(9, len(cmc) - 1)]),
+         f'{prefix}mAP': 100 * float(results['mAP']), f'{prefix}mINP': 100 * float(results['mINP'])}
+  if 'reranked' in results:
+    out.update(summary(results['reranked'], prefix + 'rerank_'))
+  return out
+
+
+def write_json_atomic(obj, path: str) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------- loop
+class _Preemption:
+  """SIGTERM sets a flag; the loop saves at the next step and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread: leave signals alone
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
+
+  Returns the final metrics, also written to ``workdir/metrics.json``.
+  """
+  from clu import metric_writers, periodic_actions
+
+  from reid_jax import data
+
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = config.input.get('data_dir')
+  data.ensure_prepared(config.input, data_dir=data_dir)
+  info = data.dataset_info(config.input, data_dir=data_dir)
+  mesh = make_mesh(config)
+  plan = data.train_plan(config.input, seed=config.seed, num_epochs=config.num_epochs,
+                         data_dir=data_dir)
+  epoch_lrs = optim.epoch_learning_rates(config.optim, config.num_epochs)
+  num_steps = sum(plan.num_batches(e) for e in range(config.num_epochs))
+
+  with jax.set_mesh(mesh):
+    graphdef, state, tx = init_state(config, info.num_classes, mesh)
+    train_step = make_train_step(graphdef, tx, config, mesh)
+    train_iter = data.train_iterator(config.input, seed=config.seed,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(),
+                                     num_epochs=config.num_epochs, data_dir=data_dir)
+    manager = ckpt_lib.TrainCheckpointManager(
+        os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+        async_save=config.checkpoint.get('async_save', True))
+    state, start_step = manager.restore_latest(state, train_iter)
+    if start_step:
+      logging.info('resumed from step %d', start_step)
+
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    jsonl = None if jax.process_index() > 0 else open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    hooks = []
+    if jax.process_index() == 0:
+      hooks.append(periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+                                                   every_steps=config.log_every_steps))
+      if config.get('profile'):
+        hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+    meta = {'num_classes': info.num_classes, 'model': config.model.to_dict()}
+
+    def save(step, force=False):
+      manager.save(step, state, train_iter, meta=meta, force=force)
+
+    results = None
+    step = start_step
+    t0, seen = time.time(), 0
+    with _Preemption() as preemption:
+      while step < num_steps:
+        batch = next(train_iter)
+        epoch = int(batch['epoch'][0])
+        lr = jnp.float32(epoch_lrs[min(epoch, len(epoch_lrs) - 1)])
+        state, metrics = train_step(state, put_batch(mesh, batch), lr)
+        step += 1
+        seen += batch['image'].shape[0] * jax.process_count()
+        for h in hooks:
+          h(step)
+        if step % config.log_every_steps == 0 or step == num_steps:
+          scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          scalars['images_per_sec'] = seen / max(time.time() - t0, 1e-9)
+          scalars['epoch'] = epoch + 1
+          t0, seen = time.time(), 0
+          writer.write_scalars(step, scalars)
+          if jsonl:
+            jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
+            jsonl.flush()
+        end_of_epoch = step == num_steps or int(plan.epoch_of_step(step)) != epoch
+        if preemption.requested or manager.reached_preemption(step):
+          save(step, force=True)
+          manager.wait()
+          logging.warning('preemption requested: saved step %d, exiting', step)
+          return {'preempted_at_step': step}
+        if step % config.checkpoint.every_steps == 0 or step == num_steps:
+          save(step)
+        every = config.eval.every_epochs
+        if end_of_epoch and every and (epoch + 1) % every == 0 and step != num_steps:
+          results = evaluate_model(model_from_state(graphdef, state), config, mesh,
+                                   data_dir=data_dir)
+          writer.write_scalars(step, summary(results, 'eval/'))
+    manager.wait()
+    results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir)
+    final = summary(results)
+    final['step'] = step
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
+    writer.flush()
+    if jax.process_index() == 0:
+      write_json_atomic(final, os.path.join(workdir, 'metrics.json'))
+    if jsonl:
+      jsonl.close()
+    train_iter_close = getattr(train_iter, 'close', None)
+    if train_iter_close:
+      train_iter_close()
+    return final
