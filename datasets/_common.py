@@ -152,9 +152,14 @@ def list_images(folder: epath.Path, suffixes: Sequence[str], recursive: bool = F
 
   Other files (e.g. the ``Thumbs.db`` shipped inside Market-1501) are ignored.
   """
-  paths = folder.rglob('*') if recursive else folder.iterdir()
   suffixes = tuple(s.lower() for s in suffixes)
-  return sorted(p for p in paths if p.name.lower().endswith(suffixes) and p.is_file())
+  out = []
+  for p in folder.iterdir():
+    if recursive and p.is_dir():  # (epath has no rglob for local paths)
+      out += list_images(p, suffixes, recursive)
+    elif p.name.lower().endswith(suffixes) and p.is_file():
+      out.append(p)
+  return sorted(out)
 
 
 def parse_name(path: epath.Path, pattern: re.Pattern[str], what: str) -> tuple[int, ...]:
