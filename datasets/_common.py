@@ -251,6 +251,22 @@ def load_rgb(source: ImageSource) -> tuple[PILImage.Image, str | None]:
 # The builder base.
 
 
+def readme_citation(builder_cls: type) -> str | None:
+  """The BibTeX block under '## Citation' in the README.md next to the builder's module.
+
+  (The README is the single place the citation is written; TFDS shows it as ``info.citation``.)
+  """
+  import sys  # pylint: disable=import-outside-toplevel
+  module = sys.modules.get(builder_cls.__module__)
+  if module is None or not getattr(module, '__file__', None):
+    return None
+  readme = epath.Path(module.__file__).parent / 'README.md'
+  if not readme.exists():
+    return None
+  m = re.search(r'^## Citation\s*```\w*\n(.*?)```', readme.read_text(), re.S | re.M)
+  return m.group(1).strip() if m else None
+
+
 class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the ReID builders. Subclasses set the class attributes and ``_list_records``.
 
@@ -303,6 +319,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             'filename': tfds.features.Text(),
         }),
         homepage=self.HOMEPAGE or None,
+        citation=readme_citation(type(self)),
         metadata=tfds.core.MetadataDict(num_cameras=self.NUM_CAMERAS, num_train_ids=0,
                                         skipped_corrupt=[]),
     )

@@ -459,3 +459,17 @@ def test_registry_covers_every_builder_package():
   assert packages <= set(prep.BUILDERS)
   for name in packages - {'synthetic_reid'}:
     assert prep.builder_class(name).name == name
+
+
+@pytest.mark.parametrize('name', sorted(set(prep.BUILDERS) - {'synthetic_reid'}))
+def test_builder_package_docs(name, tmp_path):
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  pkg = os.path.join(here, 'datasets', name)
+  with open(os.path.join(pkg, 'README.md')) as f:
+    readme = f.read()
+  for section in ('## Manual download', '## Citation', '## Licence'):
+    assert section in readme, (name, section)
+  assert os.path.isfile(os.path.join(pkg, 'fake.py'))
+  cls = prep.builder_class(name)
+  assert cls.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()
+  assert cls(data_dir=tmp_path).info.citation.startswith('@inproceedings')
