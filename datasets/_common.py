@@ -219,11 +219,14 @@ class _Checked:
   as_is: bool  # the stored file already is an RGB image in the builder's format: copy its bytes
 
 
-def load_rgb(source: ImageSource) -> tuple[PILImage.Image, str | None]:
-  """Decodes ``source`` fully; returns (image, PIL format name or None for arrays).
+def load_rgb(source: ImageSource) -> tuple[PILImage.Image, str | None, str]:
+  """Decodes ``source`` fully; returns (RGB image, stored format, stored mode).
+
+  The stored format is PIL's name ('JPEG', 'PNG', 'TIFF', ...) or None for arrays, the stored
+  mode PIL's ('RGB', 'L', ...).
 
   Raises:
-    CorruptImageError: naming the file, when it cannot be decoded or has no RGB interpretation.
+    CorruptImageError: naming the file, when it cannot be decoded or converted to RGB.
   """
   if callable(source):
     try:
@@ -233,16 +236,11 @@ def load_rgb(source: ImageSource) -> tuple[PILImage.Image, str | None]:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3 or 0 in array.shape:
       raise CorruptImageError(
           f'image array has dtype {array.dtype} shape {array.shape}; expected uint8 (H, W, 3).')
-    return PILImage.fromarray(array), None
+    return PILImage.fromarray(array), None, 'RGB'
   try:
     with PILImage.open(source) as img:
       img.load()  # full decode: catches truncated files, which PIL.Image.open alone does not
-      fmt = img.format
-      if img.mode not in ('RGB', 'L', 'P', 'RGBA', 'CMYK', 'YCbCr', 'I;16', 'I', 'LA'):
-        raise CorruptImageError(f'{source}: unsupported image mode {img.mode}.')
-      return img.copy(), fmt
-  except CorruptImageError:
-    raise
+      return (img.copy() if img.mode == 'RGB' else img.convert('RGB')), img.format, img.mode
   except (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError) as e:
     raise CorruptImageError(f'{source}: cannot decode image ({type(e).__name__}: {e}).') from e
 
@@ -368,7 +366,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if c.as_is:
         image = r.source
       else:  # stored in another format/mode (e.g. .tif, grey JPEG, .mat array): re-encode
-        image = load_rgb(r.source)[0].convert('RGB')
+        image = load_rgb(r.source)[0]
       yield r.filename, {
           'image': image,
           'pid': r.pid,
@@ -385,10 +383,10 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def check(r: Record):
       try:
-        img, fmt = load_rgb(r.source)
+        _, fmt, mode = load_rgb(r.source)
       except CorruptImageError as e:
         return e
-      return _Checked(r, as_is=fmt == want and img.mode == 'RGB')
+      return _Checked(r, as_is=fmt == want and mode == 'RGB')
 
     with concurrent.futures.ThreadPoolExecutor(self._num_workers) as pool:
       results = list(pool.map(check, records))

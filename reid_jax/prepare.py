@@ -107,8 +107,10 @@ def prepare(name: str, manual_dir: str | os.PathLike | None = None,
   if manual_dir is None and getattr(cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
     raise _common.LayoutError(f'{name}: needs --manual_dir (the raw data folder).\n'
                               f'{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}')
-  manual_dir = os.path.expanduser(os.fspath(manual_dir)) if manual_dir is not None else None
-  data_dir = os.path.expanduser(os.fspath(data_dir)) if data_dir is not None else default_data_dir()
+  if manual_dir is not None:
+    manual_dir = os.path.abspath(os.path.expanduser(os.fspath(manual_dir)))
+  data_dir = os.path.abspath(os.path.expanduser(
+      os.fspath(data_dir) if data_dir is not None else default_data_dir()))
   os.makedirs(data_dir, exist_ok=True)
 
   final = epath.Path(cls(data_dir=data_dir, config=config, **builder_kwargs).data_path)
@@ -127,8 +129,11 @@ def prepare(name: str, manual_dir: str | os.PathLike | None = None,
       logging.warning('%s: skipped %d corrupt images (listed in metadata.json).', name,
                       len(skipped))
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():  # overwrite: move the old build aside, into the folder removed below
-      os.rename(final, os.path.join(tmp, 'replaced'))
+    if final.exists():
+      if not overwrite:  # another process finished the same build meanwhile: keep theirs
+        logging.info('%s: built concurrently by another process; keeping %s', name, final)
+        return os.fspath(final)
+      os.rename(final, os.path.join(tmp, 'replaced'))  # removed with tmp below
     os.rename(built, final)
     # TFDS records the default config name next to the config folders; keep it if absent.
     config_meta = built.parent.parent / '.config'
@@ -140,16 +145,25 @@ def prepare(name: str, manual_dir: str | os.PathLike | None = None,
   return os.fspath(final)
 
 
-_MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'Raw dataset folder (see docs/datasets.md).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).')
-_SKIP_CORRUPT = flags.DEFINE_bool('skip_corrupt', False,
-                                  'Leave out unreadable images (counted and logged) instead of '
-                                  'failing on the first one.')
-_CHECK_COUNTS = flags.DEFINE_enum('check_counts', 'warn', ['warn', 'strict', 'off'],
-                                  'Compare image/id counts with the published statistics: warn, '
-                                  'fail (strict) or skip (off).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Rebuild an already built dataset.')
+# The CLI's flags live in their own FlagValues: importing this module (as the training code does)
+# must not add --data_dir etc. to the global absl flags, where they would clash with the caller's.
+CLI_FLAGS = flags.FlagValues()
+flags.DEFINE_string('manual_dir', None, 'Raw dataset folder (see docs/datasets.md).',
+                    flag_values=CLI_FLAGS)
+flags.DEFINE_string('data_dir', None,
+                    'TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).',
+                    flag_values=CLI_FLAGS)
+flags.DEFINE_bool('skip_corrupt', False, 'Leave out unreadable images (counted and logged) '
+                  'instead of failing on the first one.', flag_values=CLI_FLAGS)
+flags.DEFINE_enum('check_counts', 'warn', ['warn', 'strict', 'off'],
+                  'Compare image/id counts with the published statistics: warn, fail (strict) '
+                  'or skip (off).', flag_values=CLI_FLAGS)
+flags.DEFINE_bool('overwrite', False, 'Rebuild an already built dataset.', flag_values=CLI_FLAGS)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """Parses the CLI flags, then absl's global ones (--verbosity, ...); returns the positionals."""
+  return flags.FLAGS(CLI_FLAGS(argv, known_only=True))
 
 
 def main(argv):
@@ -157,13 +171,14 @@ def main(argv):
     raise app.UsageError(f'expected one dataset NAME[/CONFIG]; known: {", ".join(sorted(BUILDERS))}')
   from reid_jax_datasets import _common  # pylint: disable=import-outside-toplevel
   name = argv[1]
+  fv = CLI_FLAGS
   kwargs = {}
   try:
     if issubclass(builder_class(split_name(name)[0]), _common.ReidBuilder):
-      kwargs = dict(skip_corrupt=_SKIP_CORRUPT.value, check_counts=_CHECK_COUNTS.value)
-    elif _SKIP_CORRUPT.value or _CHECK_COUNTS.value != 'warn':
+      kwargs = dict(skip_corrupt=fv.skip_corrupt, check_counts=fv.check_counts)
+    elif fv.skip_corrupt or fv.check_counts != 'warn':
       raise UnknownDatasetError(f'{name} takes no --skip_corrupt / --check_counts.')
-    path = prepare(name, _MANUAL_DIR.value, _DATA_DIR.value, overwrite=_OVERWRITE.value, **kwargs)
+    path = prepare(name, fv.manual_dir, fv.data_dir, overwrite=fv.overwrite, **kwargs)
   except (UnknownDatasetError, _common.LayoutError, _common.CorruptImageError,
           _common.CountMismatchError) as e:
     print(f'error: {e}', file=sys.stderr)
@@ -172,4 +187,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

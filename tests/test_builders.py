@@ -436,11 +436,12 @@ def test_existing_build_is_kept_and_failed_overwrite_keeps_it(tmp_path):
 
 def test_cli(tmp_path, capsys):
   raw = partial_ilids_fake.write_fake(tmp_path / 'raw')
-  flags = prep.flags.FLAGS
+  flags = prep.CLI_FLAGS
   try:
-    flags(['prepare', f'--manual_dir={raw}', f'--data_dir={tmp_path / "data"}',
-           '--check_counts=off'])
-    prep.main(['prepare', 'partial_ilids'])
+    argv = flags(['prepare', f'--manual_dir={raw}', 'partial_ilids', f'--data_dir={tmp_path / "data"}',
+                  '--check_counts=off'], known_only=True)
+    assert argv == ['prepare', 'partial_ilids']
+    prep.main(argv)
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out == os.path.join(str(tmp_path / 'data'), 'partial_ilids', '1.0.0')
     assert len(tfds.data_source('partial_ilids', split='query', data_dir=tmp_path / 'data')) == 4
@@ -450,6 +451,8 @@ def test_cli(tmp_path, capsys):
     assert 'known: cuhk03_np' in capsys.readouterr().err
   finally:
     flags.unparse_flags()
+  # Importing the module added nothing to the global absl flags (no clash with the trainer's).
+  assert 'manual_dir' not in prep.flags.FLAGS and 'data_dir' not in prep.flags.FLAGS
 
 
 def test_registry_covers_every_builder_package():
@@ -473,3 +476,30 @@ def test_builder_package_docs(name, tmp_path):
   cls = prep.builder_class(name)
   assert cls.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()
   assert cls(data_dir=tmp_path).info.citation.startswith('@inproceedings')
+
+
+def test_image_bytes_copied_or_reencoded(tmp_path):
+  raw = market_fake.write_fake(tmp_path / 'raw')
+  train = os.path.join(raw, 'Market-1501-v15.09.15', 'bounding_box_train')
+  name = sorted(n for n in os.listdir(train) if n.endswith('.jpg'))[0]
+  grey = np.arange(12 * 6, dtype=np.uint8).reshape(12, 6) * 3
+  Image.fromarray(grey).save(os.path.join(train, name), quality=100)  # a mode-L JPEG
+  png_name = '0002_c6s1_000001_00.jpg'
+  Image.fromarray(np.full((9, 5, 3), 200, np.uint8)).save(os.path.join(train, png_name),
+                                                          format='PNG')  # PNG bytes named .jpg
+  _, recs, _ = build('market1501', raw, tmp_path / 'data')
+  img = recs['train'][f'bounding_box_train/{name}']['image']
+  assert img.shape == (12, 6, 3)
+  for c in range(3):  # re-encoded as JPEG: lossy, close to the grey values in every channel
+    assert np.abs(img[..., c].astype(int) - grey).mean() < 4
+  img = recs['train'][f'bounding_box_train/{png_name}']['image']
+  assert img.shape == (9, 5, 3) and np.abs(img.astype(int) - 200).max() < 4
+  # Stored bytes: RGB JPEG files as-is; the others re-encoded as JPEG.
+  src = tfds.data_source('market1501', split='train', data_dir=tmp_path / 'data',
+                         decoders={'image': tfds.decode.SkipDecoding()})
+  stored = {r['filename'].decode(): r['image'] for r in (src[i] for i in range(len(src)))}
+  for fname, data in stored.items():
+    assert data[:2] == b'\xff\xd8', fname
+    if fname not in (f'bounding_box_train/{name}', f'bounding_box_train/{png_name}'):
+      with open(os.path.join(train, os.path.basename(fname)), 'rb') as f:
+        assert data == f.read(), fname
