@@ -323,7 +323,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     )
 
   @property
-  def _full_name_for_messages(self) -> str:
+  def display_name(self) -> str:
     cfg = self.builder_config
     return f'{self.name}/{cfg.name}' if cfg is not None else self.name
 
@@ -337,11 +337,11 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       junk = [r for r in records['train'] if r.pid == JUNK_PID]
       if junk:
         logging.warning('%s: dropped %d junk (pid -1) images from train, e.g. %s',
-                        self._full_name_for_messages, len(junk), junk[0].filename)
+                        self.display_name, len(junk), junk[0].filename)
       records['train'] = [r for r in records['train'] if r.pid != JUNK_PID]
     for split, recs in records.items():
       if not recs:
-        raise LayoutError(f'{self._full_name_for_messages}: no images found for split {split!r}.')
+        raise LayoutError(f'{self.display_name}: no images found for split {split!r}.')
     self.check_published_counts(records)
 
     checked, skipped = {}, []
@@ -349,12 +349,12 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       checked[split], bad = self._check_images(records[split])
       skipped += bad
     if skipped:
-      logging.warning('%s: skipped %d corrupt images: %s', self._full_name_for_messages,
+      logging.warning('%s: skipped %d corrupt images: %s', self.display_name,
                       len(skipped), ', '.join(skipped[:20]))
     labels = relabel([c.record for c in checked.get('train', [])])
     self.info.metadata['num_train_ids'] = len(labels)
     self.info.metadata['skipped_corrupt'] = skipped
-    logging.info('%s: %s', self._full_name_for_messages, ', '.join(
+    logging.info('%s: %s', self.display_name, ', '.join(
         f'{s} {len(c)} images / {count_ids([x.record for x in c])} ids'
         for s, c in checked.items()))
     return {split: self._generate_examples(checked[split], labels if split == 'train' else None)
@@ -395,7 +395,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if isinstance(res, CorruptImageError):
         if not self._skip_corrupt:
           raise CorruptImageError(
-              f'{self._full_name_for_messages}: corrupt image {r.filename}: {res} '
+              f'{self.display_name}: corrupt image {r.filename}: {res} '
               '(use --skip_corrupt / skip_corrupt=True to leave such images out).') from res
         skipped.append(r.filename)
       else:
@@ -422,7 +422,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         diffs.append(f'{split}: expected {_fmt(pub.images)} images / {_fmt(pub.ids)} ids, '
                      f'found {images} images / {ids} ids')
     if diffs:
-      msg = (f'{self._full_name_for_messages}: the raw data differs from the published statistics '
+      msg = (f'{self.display_name}: the raw data differs from the published statistics '
              f'(ids exclude junk pid -1): ' + '; '.join(diffs) + '.')
       if self._check_counts == 'strict':
         raise CountMismatchError(msg)
@@ -451,7 +451,7 @@ class FolderReidBuilder(ReidBuilder, skip_registration=True):
     return [f + '/' for f in self.SPLIT_FOLDERS.values()]
 
   def _list_records(self, manual_dir):
-    root = find_root(self._full_name_for_messages, manual_dir, self._required(), self.WRAPPERS)
+    root = find_root(self.display_name, manual_dir, self._required(), self.WRAPPERS)
     return {split: folder_records(self.name, root, folder, self.NAME_PATTERN,
                                   f'{self.NAME_EXAMPLE} (<pid>_c<camera>...)', self.NUM_CAMERAS)
             for split, folder in self.SPLIT_FOLDERS.items()}

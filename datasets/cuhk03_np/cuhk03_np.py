@@ -122,7 +122,7 @@ cuhk-03.mat, or instead of it images_labeled/ and images_detected/ PNG folders n
   def _list_records(self, manual_dir):
     subset = self.builder_config.subset
     protocol = f'cuhk03_new_protocol_config_{subset}.mat'
-    name = self._full_name_for_messages
+    name = self.display_name
     root = _common.find_root(name, manual_dir, [protocol], ('cuhk03',))
     folder = f'images_{subset}'
     mat = next((root / c for c in MAT_CANDIDATES if (root / c).is_file()), None)

@@ -59,7 +59,7 @@ extract the 500k distractor set into Market-1501-v15.09.15/images/.
     records = super()._list_records(manual_dir)
     extra = self.builder_config.extra_gallery
     if extra:
-      root = _common.find_root(self._full_name_for_messages, manual_dir, self._required(),
+      root = _common.find_root(self.display_name, manual_dir, self._required(),
                                self.WRAPPERS)
       records['gallery'] += _common.folder_records(
           self.name, root, extra, self.NAME_PATTERN, self.NAME_EXAMPLE, self.NUM_CAMERAS)

@@ -74,7 +74,7 @@ TransReID convention) is accepted too. Some V2 copies lack the list files: take 
     cfg = self.builder_config
     train_dir, test_dir = _FOLDERS[cfg.release]
     wrappers = (f'MSMT17_{cfg.release}', 'MSMT17')
-    root = _common.find_root(self._full_name_for_messages, manual_dir,
+    root = _common.find_root(self.display_name, manual_dir,
                              [train_dir + '/', test_dir + '/', *_LISTS], wrappers)
     train_lists = ['list_train.txt'] + (['list_val.txt'] if cfg.use_val_in_train else [])
     records = {
@@ -86,7 +86,7 @@ TransReID convention) is accepted too. Some V2 copies lack the list files: take 
       seen = set()
       for r in recs:
         if r.filename in seen:
-          raise ValueError(f'{self._full_name_for_messages}: {r.filename} is listed twice in the '
+          raise ValueError(f'{self.display_name}: {r.filename} is listed twice in the '
                            f'{split} list file(s) {train_lists if split == "train" else ""}.')
         seen.add(r.filename)
     return records
@@ -111,7 +111,7 @@ TransReID convention) is accepted too. Some V2 copies lack the list files: take 
       _common.check_camera(self.name, where, camid, self.NUM_CAMERAS)
       path = root / folder / rel
       if not path.is_file():
-        raise _common.LayoutError(f'{self._full_name_for_messages}: {where} lists {rel}, but '
+        raise _common.LayoutError(f'{self.display_name}: {where} lists {rel}, but '
                                   f'{path} does not exist.')
       records.append(_common.Record(f'{folder}/{rel}', pid, camid, os.fspath(path)))
     return records
