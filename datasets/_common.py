@@ -420,7 +420,7 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       if ((pub.images is not None and pub.images != images)
           or (pub.ids is not None and pub.ids != ids)):
         diffs.append(f'{split}: expected {_fmt(pub.images)} images / {_fmt(pub.ids)} ids, '
-                     f'found {images} images / {ids} ids')
+                     f'found {images:,} images / {ids:,} ids')
     if diffs:
       msg = (f'{self.display_name}: the raw data differs from the published statistics '
              f'(ids exclude junk pid -1): ' + '; '.join(diffs) + '.')
