@@ -12,8 +12,8 @@ Every builder writes the splits ``train``, ``query`` and ``gallery`` (test-only 
   ``-1`` in query and gallery,
 * ``filename``: Text, path of the source image relative to the raw dataset root,
 
-and the metadata ``num_train_ids``, ``num_cameras`` and ``skipped_corrupt`` (file names of the images
-skipped with ``skip_corrupt=True``).
+and the metadata ``num_train_ids``, ``num_cameras`` and ``skipped_corrupt`` (file names of the
+images skipped with ``skip_corrupt=True``).
 
 A concrete builder only lists its raw records (:meth:`ReidBuilder._list_records`); checking the
 layout, decoding every image once, relabelling, comparing with the published statistics and writing

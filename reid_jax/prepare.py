@@ -168,7 +168,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError(f'expected one dataset NAME[/CONFIG]; known: {", ".join(sorted(BUILDERS))}')
+    raise app.UsageError(
+        f'expected one dataset NAME[/CONFIG]; known: {", ".join(sorted(BUILDERS))}')
   from reid_jax_datasets import _common  # pylint: disable=import-outside-toplevel
   name = argv[1]
   fv = CLI_FLAGS

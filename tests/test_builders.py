@@ -438,8 +438,8 @@ def test_cli(tmp_path, capsys):
   raw = partial_ilids_fake.write_fake(tmp_path / 'raw')
   flags = prep.CLI_FLAGS
   try:
-    argv = flags(['prepare', f'--manual_dir={raw}', 'partial_ilids', f'--data_dir={tmp_path / "data"}',
-                  '--check_counts=off'], known_only=True)
+    argv = flags(['prepare', f'--manual_dir={raw}', 'partial_ilids',
+                  f'--data_dir={tmp_path / "data"}', '--check_counts=off'], known_only=True)
     assert argv == ['prepare', 'partial_ilids']
     prep.main(argv)
     out = capsys.readouterr().out.strip().splitlines()[-1]
@@ -503,3 +503,16 @@ def test_image_bytes_copied_or_reencoded(tmp_path):
     if fname not in (f'bounding_box_train/{name}', f'bounding_box_train/{png_name}'):
       with open(os.path.join(train, os.path.basename(fname)), 'rb') as f:
         assert data == f.read(), fname
+
+
+def test_msmt17_malformed_list_line_is_named(tmp_path):
+  raw = msmt_fake.write_fake(tmp_path / 'raw')
+  with open(os.path.join(raw, 'MSMT17_V1', 'list_gallery.txt'), 'a') as f:
+    f.write('garbage-without-pid\n')
+  with pytest.raises(ValueError, match=r'list_gallery\.txt:8: expected'):
+    prep.prepare('msmt17/v1', raw, tmp_path / 'data')
+
+
+def test_bad_check_counts_value(tmp_path):
+  with pytest.raises(ValueError, match=r"check_counts='loud'.*warn"):
+    prep.prepare('market1501', tmp_path, tmp_path / 'data', check_counts='loud')

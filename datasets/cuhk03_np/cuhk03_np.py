@@ -37,7 +37,7 @@ class Cuhk03NpConfig(tfds.core.BuilderConfig):
 
 
 def image_name(campair: int, pid: int, cell: int) -> str:
-  """Name of cell ``cell`` (0-9) of person ``pid`` (0-based) in camera pair ``campair`` (0-based)."""
+  """Name of cell ``cell`` (0-9) of person ``pid`` in camera pair ``campair`` (both 0-based)."""
   view = 1 if cell < 5 else 2
   return f'{campair + 1}_{pid + 1:03d}_{view}_{cell + 1:02d}.png'
 
@@ -161,7 +161,8 @@ cuhk-03.mat, or instead of it images_labeled/ and images_detected/ PNG folders n
         fname = files[i]
         if fname not in available:
           source = mat if mat is not None else root / folder
-          raise _common.LayoutError(f'{name}: {proto_path} lists {fname}, which is not in {source}.')
+          raise _common.LayoutError(
+              f'{name}: {proto_path} lists {fname}, which is not in {source}.')
         camid = int(fname.split('_')[2]) - 1
         _common.check_camera(self.name, fname, camid, self.NUM_CAMERAS)
         recs.append(_common.Record(f'{folder}/{fname}', int(labels[i]), camid, load(fname)))

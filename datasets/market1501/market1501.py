@@ -33,7 +33,7 @@ extract the 500k distractor set into Market-1501-v15.09.15/images/.
   BUILDER_CONFIGS = [
       Market1501Config(name='default', description='Standard split: 751 train / 750 test ids.'),
       Market1501Config(name='distractors_500k', extra_gallery='images',
-                       description='Standard split with the 500k distractors added to the gallery.'),
+                       description='Standard split, 500k distractors added to the gallery.'),
   ]
   HOMEPAGE = 'https://zheng-lab.cecs.anu.edu.au/Project/project_reid.html'
   NUM_CAMERAS = 6

@@ -17,8 +17,8 @@ class PartialIlids(_common.QueryGalleryBuilder):
 
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Get Partial-iLIDS (distributed with the Partial-REID data), extract it and point --manual_dir at the
-folder holding (or containing) Partial_iLIDS/ with partial_body_images/ and whole_body_images/ inside
-(or PartialiLIDS/ with query/ and gallery/ inside).
+folder holding (or containing) Partial_iLIDS/ with partial_body_images/ and whole_body_images/
+inside (or PartialiLIDS/ with query/ and gallery/ inside).
 """
 
   LAYOUTS = ({'query': 'partial_body_images', 'gallery': 'whole_body_images'},
