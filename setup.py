@@ -11,4 +11,6 @@ setup(
     + ['reid_jax_datasets']
     + ['reid_jax_datasets.' + p for p in find_packages('datasets')],
     package_dir={'reid_jax_datasets': 'datasets'},
+    # Each builder's README holds its description and citation (read by TFDS at build time).
+    package_data={'reid_jax_datasets': ['*/README.md', '*/*.md']},
 )

@@ -84,3 +84,70 @@ def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
   model = nnx.merge(graphdef, restored)
   model.train()
   return model
+
+
+class TrainCheckpointManager:
+  """Training checkpoints: the ``model`` and ``meta`` items of every reid_jax checkpoint plus
+  ``train`` (optimizer state, center-loss centres, step) and ``data`` (this process's grain
+  iterator position), kept ``keep`` deep, saved asynchronously.
+
+  Orbax commits a step only when all its items are written (temporary directory + rename), so a
+  crash mid-save leaves the previous step as the latest. A latest step that fails to restore
+  (corrupted on disk) is skipped with a warning in favour of the one before it.
+  """
+
+  def __init__(self, directory: str, graphdef, *, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.graphdef = graphdef
+    self._mngr = _manager(self.directory, max_to_keep=keep,
+                          enable_async_checkpointing=async_save, create=True)
+
+  def _model_state(self, state):
+    return nnx.state(nnx.merge(self.graphdef, state['params'], state['rest']))
+
+  def save(self, step: int, state, data_iter, *, meta: dict[str, Any], force: bool = False):
+    import grain
+    args = ocp.args.Composite(
+        model=ocp.args.StandardSave(self._model_state(state)),
+        train=ocp.args.StandardSave({k: state[k] for k in ('opt_state', 'centers', 'step')}),
+        meta=ocp.args.JsonSave(meta),
+        data=grain.checkpoint.CheckpointSave(data_iter))
+    self._mngr.save(step, args=args, force=force)
+
+  def restore_latest(self, state, data_iter):
+    """``(state, step)`` from the newest readable step, or ``(state, 0)`` when there is none."""
+    import grain
+    from absl import logging
+    for step in sorted(self._mngr.all_steps(), reverse=True):
+      model_target = _abstract(self._model_state(state))
+      train_target = _abstract({k: state[k] for k in ('opt_state', 'centers', 'step')})
+      try:
+        restored = self._mngr.restore(step, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(model_target),
+            train=ocp.args.StandardRestore(train_target),
+            data=grain.checkpoint.CheckpointRestore(data_iter)))
+      except Exception as e:  # noqa: BLE001  (any unreadable step: fall back to an older one)
+        logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the previous '
+                        'one', step, self.directory, type(e).__name__, e)
+        continue
+      model = nnx.merge(self.graphdef, state['params'], state['rest'])
+      nnx.update(model, restored.model)
+      _, params, rest = nnx.split(model, nnx.Param, ...)
+      return {'params': params, 'rest': rest, **restored.train}, step
+    return state, 0
+
+  def reached_preemption(self, step: int) -> bool:
+    return self._mngr.reached_preemption(step)
+
+  def wait(self):
+    self._mngr.wait_until_finished()
+
+  def close(self):
+    self._mngr.close()
+
+
+def _abstract(tree):
+  """Shape/dtype/sharding targets, so restored arrays land where the live ones are."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, 'sharding', None)),
+      tree)

@@ -82,9 +82,12 @@ def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState
     logging.info('initialised from %s', config.init_checkpoint)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = optim.make_optimizer(config.optim, params)
-  dim = models.feature_dim(model)
   centers = None
   if config.loss.center_weight > 0:
+    # Centres live in the space of the train-mode 'global_feat' (randn init, as BoT's CenterLoss).
+    h, w = config.input.size
+    out = nnx.eval_shape(lambda m: m(jnp.zeros((2, h, w, 3))), model)
+    dim = out['global_feat'].shape[-1]
     centers = jax.random.normal(jax.random.key(config.seed + 1), (num_classes, dim), jnp.float32)
   state = {'params': params, 'rest': rest, 'opt_state': tx.init(params), 'centers': centers,
            'step': jnp.zeros([], jnp.int32)}
@@ -175,6 +178,25 @@ def write_json_atomic(obj, path: str) -> None:
   os.replace(tmp, path)
 
 
+def ensure_prepared(dataset: str, data_dir: str | None) -> str:
+  """Builds the synthetic dataset on first use; for a real benchmark that is not built yet,
+  says where to get it and which ``prepare`` command builds it."""
+  from reid_jax import prepare
+  name, _ = prepare.split_name(dataset)
+  cls = prepare.builder_class(name)
+  if not getattr(cls, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None):
+    return prepare.prepare(dataset, data_dir=data_dir)
+  root = data_dir or prepare.default_data_dir()
+  builder = cls(data_dir=root, config=prepare.split_name(dataset)[1])
+  if not os.path.exists(os.path.join(builder.data_path, 'dataset_info.json')):
+    raise FileNotFoundError(
+        f'dataset {dataset!r} is not prepared under {root}. Download it by hand (see '
+        f'docs/datasets.md and datasets/{name}/README.md), then run:\n  python -m reid_jax.prepare '
+        f'{dataset} --manual_dir=RAW_FOLDER --data_dir={root}\n'
+        f'and pass --config.input.data_dir={root} if that is not the TFDS default.')
+  return os.fspath(builder.data_path)
+
+
 # ----------------------------------------------------------------------------------- loop
 class _Preemption:
   """SIGTERM sets a flag; the loop saves at the next step and exits cleanly."""
@@ -211,13 +233,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data_dir = config.input.get('data_dir')
-  data.ensure_prepared(config.input, data_dir=data_dir)
+  ensure_prepared(config.input.dataset, data_dir)
   info = data.dataset_info(config.input, data_dir=data_dir)
   mesh = make_mesh(config)
   plan = data.train_plan(config.input, seed=config.seed, num_epochs=config.num_epochs,
                          data_dir=data_dir)
   epoch_lrs = optim.epoch_learning_rates(config.optim, config.num_epochs)
-  num_steps = sum(plan.num_batches(e) for e in range(config.num_epochs))
+  # Global step at which each epoch ends (P x K epochs differ in length, as the official sampler's).
+  epoch_ends = np.cumsum([plan.num_batches(e) for e in range(config.num_epochs)])
+  num_steps = int(epoch_ends[-1])
 
   with jax.set_mesh(mesh):
     graphdef, state, tx = init_state(config, info.num_classes, mesh)
@@ -227,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      process_count=jax.process_count(),
                                      num_epochs=config.num_epochs, data_dir=data_dir)
     manager = ckpt_lib.TrainCheckpointManager(
-        os.path.join(workdir, 'checkpoints'), keep=config.checkpoint.keep,
+        os.path.join(workdir, 'checkpoints'), graphdef, keep=config.checkpoint.keep,
         async_save=config.checkpoint.get('async_save', True))
     state, start_step = manager.restore_latest(state, train_iter)
     if start_step:
@@ -269,7 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if jsonl:
             jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
             jsonl.flush()
-        end_of_epoch = step == num_steps or int(plan.epoch_of_step(step)) != epoch
+        end_of_epoch = step == int(epoch_ends[epoch])
         if preemption.requested or manager.reached_preemption(step):
           save(step, force=True)
           manager.wait()
@@ -296,3 +320,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if train_iter_close:
       train_iter_close()
     return final
+
+
+def evaluate_checkpoint(config, checkpoint_dir: str, workdir: str) -> dict[str, Any]:
+  """``--mode=eval``: metrics of a checkpoint on ``config.input.dataset``, written as JSON."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  data_dir = config.input.get('data_dir')
+  ensure_prepared(config.input.dataset, data_dir)
+  mesh = make_mesh(config)
+  with jax.set_mesh(mesh):
+    model = ckpt_lib.restore_model(config.model, checkpoint_dir)
+    results = evaluate_model(model, config, mesh, data_dir=data_dir, workdir=workdir)
+  final = summary(results)
+  if jax.process_index() == 0:
+    write_json_atomic(final, os.path.join(workdir, 'eval_metrics.json'))
+  return final

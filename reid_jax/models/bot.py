@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reid_jax import losses
 from reid_jax.models import registry
 from reid_jax.models.layers import BatchNorm, global_avg_pool
 from reid_jax.models.resnet import ResNet, resnet_from_config
@@ -63,3 +64,22 @@ class Baseline(nnx.Module):
 def build_baseline(model_config, num_classes: int, *, rngs: nnx.Rngs) -> Baseline:
   return Baseline(resnet_from_config(model_config, rngs=rngs), num_classes,
                   neck_feat=model_config.get('neck_feat', 'after'), rngs=rngs)
+
+
+@registry.register_loss('baseline')
+def bnneck_loss(outputs, labels, loss_config, centers=None):
+  """BoT/APNet loss: label-smoothed CE on the logits + batch-hard triplet on the pre-BN feature
+  (+ ``center_weight`` x center loss on it). methods.md §1.2, §2.3."""
+  ce = losses.cross_entropy_label_smooth(outputs['logits'], labels, loss_config.ce_epsilon,
+                                         loss_config.get('ce_num_classes'))
+  margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
+  triplet = losses.triplet_loss_batch_hard(outputs['global_feat'], labels, margin)
+  total = ce + triplet
+  metrics = {'ce': ce, 'triplet': triplet,
+             'accuracy': jnp.mean(jnp.argmax(outputs['logits'], -1) == labels)}
+  if centers is not None:
+    center = losses.center_loss(outputs['global_feat'], labels, centers)
+    total = total + loss_config.center_weight * center
+    metrics['center'] = center
+  metrics['loss'] = total
+  return total, metrics

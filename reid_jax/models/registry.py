@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 _BUILDERS: dict[str, Callable] = {}
+_LOSSES: dict[str, Callable] = {}
 
 
 def register(name: str):
@@ -27,3 +28,23 @@ def get_builder(name: str) -> Callable:
 
 def names() -> list[str]:
   return sorted(_BUILDERS)
+
+
+def register_loss(*names: str):
+  """Decorator for a method's training loss, shared by the one training loop:
+  ``loss(outputs, labels, loss_config, centers) -> (scalar, dict of scalar metrics)`` where
+  ``outputs`` is what the model returns in train mode."""
+
+  def wrap(fn):
+    for name in names:
+      _LOSSES[name] = fn
+    return fn
+
+  return wrap
+
+
+def get_loss(name: str) -> Callable:
+  if name not in _LOSSES:
+    raise ValueError(f'no training loss registered for config.model.name {name!r}; '
+                     f'known: {sorted(_LOSSES)}')
+  return _LOSSES[name]
