@@ -213,13 +213,14 @@ def plan(spec: SyntheticSpec, seed: int) -> dict[str, list[Record]]:
       for i in range(n):
         view = walk if rng.random() < 0.8 else VIEWS[int(rng.integers(4))]
         split = 'train' if train else ('query' if i == 0 else 'gallery')
-        occluded = spec.occluded and (split == 'query' or rng.random() < spec.occlusion_prob)
+        u = rng.random()  # drawn either way: the occluded config differs only by occluders
+        occluded = spec.occluded and (split == 'query' or u < spec.occlusion_prob)
         out[split].append(Record(split, 'id', identity, pid, label_of.get(pid, -1) if train else -1,
                                  cam, next_frame(cam), view, occluded))
   for kind, count, pid in (('distractor', spec.num_distractors, 0), ('junk', spec.num_junk, -1)):
     for d in range(count):
       cam = int(rng.integers(spec.num_cameras))
-      occluded = spec.occluded and rng.random() < spec.occlusion_prob
+      occluded = rng.random() < spec.occlusion_prob and spec.occluded
       out['gallery'].append(Record('gallery', kind, d, pid, -1, cam, next_frame(cam),
                                    VIEWS[int(rng.integers(4))], occluded))
   return out
