@@ -123,16 +123,21 @@ def train_plan(config_input, *, seed: int, num_epochs: int | None = None,
                 num_epochs)
 
 
+def _images(record, extras):
+  """The decoded images the augmentation should see (others are still encoded bytes)."""
+  return {k: record[k] for k in ('image', *extras)}
+
+
 class _TrainExample(grain.transforms.Map):
   """Sampler element -> augmented example (picklable, for grain worker processes)."""
 
-  def __init__(self, source, augment: Augment, seed: int):
-    self._source, self._augment, self._seed = source, augment, seed
+  def __init__(self, source, augment: Augment, seed: int, extras: tuple[str, ...]):
+    self._source, self._augment, self._seed, self._extras = source, augment, seed, extras
 
   def map(self, element):
     record = self._source[element['record']]
     rng = np.random.default_rng([self._seed, _AUGMENT_TAG, element['position']])
-    out = self._augment(record, rng)
+    out = self._augment(_images(record, self._extras), rng)
     for c in ('label', 'pid', 'camid'):
       out[c] = np.int32(record[c])
     out['epoch'] = np.int32(element['epoch'])
@@ -171,8 +176,9 @@ def train_iterator(config_input, *, seed: int, process_index: int = 0, process_c
   builder = _open(config_input, data_dir)
   plan = train_plan(config_input, seed=seed, num_epochs=num_epochs, data_dir=data_dir)
   sampler = PKSampler(plan, process_index=process_index, process_count=process_count)
-  source = _source(builder, 'train', ('image', *_wanted(config_input, builder)))
-  ds = sampler.map(_TrainExample(source, Augment.from_config(config_input), seed))
+  extras = _wanted(config_input, builder)
+  source = _source(builder, 'train', ('image', *extras))
+  ds = sampler.map(_TrainExample(source, Augment.from_config(config_input), seed, extras))
   ds = ds.batch(sampler.local_batch, drop_remainder=True)
   ds = _maybe_workers(ds.to_iter_dataset(_read_options(config_input)), config_input)
   return iter(ds)
@@ -196,7 +202,7 @@ class _EvalExample(grain.transforms.Map):
       return dict(out, pid=np.int32(-1), camid=np.int32(-1), index=np.int32(-1),
                   valid=np.bool_(False))
     record = self._source[int(self._indices[i])]
-    out = self._augment(record, None)
+    out = self._augment(_images(record, self._extras), None)
     return dict(out, pid=np.int32(record['pid']), camid=np.int32(record['camid']),
                 index=np.int32(self._indices[i]), valid=np.bool_(True))
 
