@@ -34,23 +34,33 @@ def model_config(name: str) -> ml_collections.ConfigDict:
 
 
 def input_config() -> ml_collections.ConfigDict:
-  """Dataset and input pipeline (reid_jax.data)."""
+  """Dataset and input pipeline (reid_jax.data; docs/input_pipeline.md)."""
   return ml_collections.ConfigDict(dict(
       dataset='market1501',  # TFDS name, 'name/config' for builder configs
       data_dir=ml_collections.config_dict.placeholder(str),  # TFDS data_dir; None = TFDS default
       size=(256, 128),       # (H, W) in pixels
-      interpolation='bilinear',
-      test_interpolation='bilinear',
+      interpolation='bilinear',       # train resize: 'bilinear' or 'bicubic' (PIL)
+      test_interpolation='bilinear',  # MPN tests with 'bicubic'
       p=16,                  # identities per batch
       k=4,                   # images per identity
       flip_prob=0.5,
       crop='pad',            # 'pad' (Pad(pad) + RandomCrop), 'translate' (x1.125 then crop), 'none'
-      pad=10,
+      pad=10,                # pixels of zero padding for crop='pad'
+      translate_prob=0.5,    # crop='translate': probability of the x1.125 resize + crop
       erasing_prob=0.5,
+      erasing_area=(0.02, 0.4),    # erased area fraction range
+      erasing_aspect=0.3,          # aspect ratio range [a, 1/a]
       erasing_fill=IMAGENET_MEAN,  # per-channel fill on the normalised image
+      erasing_test='>=',           # skip erasing when u >= p (BoT) or u > p ('>')
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
+      parsing=False,         # also yield the human-parsing mask (synthetic_reid)
+      texture=False,         # also yield the identity texture in [-1, 1] (synthetic_reid, SAN)
+      texture_size=ml_collections.config_dict.placeholder(int),  # resize textures; None = stored
+      threads=8,             # grain read threads (per process)
+      workers=0,             # grain worker processes (mp_prefetch); 0 = threads only
       eval_batch_size=128,
+      eval_drop_junk=True,   # drop pid -1 images from query/gallery, as torchreid's loaders do
   ))
 
 

@@ -1,0 +1,195 @@
+"""Per-example augmentations of the ReID recipes (NumPy + PIL), methods.md §0.2 #10, §1.3, §2.4,
+§3.4, §4.5.
+
+Images are uint8 ``[H, W, 3]`` until normalisation, float32 afterwards. Random parameters are
+drawn from a ``np.random.Generator`` in a fixed order (flip, translation/crop, erasing), so an
+example's augmentation is a pure function of its generator's seed. Geometry (resize, translation,
+flip, pad-crop) is applied identically to the parsing mask (nearest neighbour, padding =
+background); the identity texture only gets the SAN normalisation (never flipped, as in SAN's
+official loader).
+
+Recipes:
+  BoT / APNet: resize -> flip 0.5 -> Pad(10) + RandomCrop -> normalise -> erasing 0.5 (``u >= p``
+    skips).
+  SAN: Random2DTranslation (p 0.5: resize x1.125 then random crop) -> flip -> normalise -> erasing.
+  MPN: resize (bilinear; bicubic at test) -> flip -> normalise -> erasing with CIFAR-mean fill.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+from PIL import Image
+
+_PIL_INTERPOLATION = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
+                      'nearest': Image.NEAREST}
+CROPS = ('pad', 'translate', 'none')
+ERASING_TESTS = ('>=', '>')
+
+
+def resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
+  """PIL resize of ``[h, w, C]`` or ``[h, w]`` uint8 to ``size = (H, W)``."""
+  if interpolation not in _PIL_INTERPOLATION:
+    raise ValueError(f'interpolation must be one of {sorted(_PIL_INTERPOLATION)}, '
+                     f'got {interpolation!r}')
+  h, w = size
+  if image.shape[:2] == (h, w):
+    return image
+  squeeze = image.ndim == 3 and image.shape[2] == 1  # PIL has no [h, w, 1] mode
+  out = np.asarray(Image.fromarray(image[..., 0] if squeeze else image).resize(
+      (w, h), _PIL_INTERPOLATION[interpolation]))
+  return out[..., None] if squeeze else out
+
+
+def shift_crop(image: np.ndarray, dy: int, dx: int, pad: int) -> np.ndarray:
+  """``RandomCrop(H, W)`` of ``Pad(pad)`` (zeros) of ``image`` at offset ``(dy, dx)``.
+
+  ``out[y, x] = padded[y + dy, x + dx]`` with ``padded`` the zero-padded image, so ``dy, dx`` in
+  ``[0, 2 * pad]`` and ``dy = dx = pad`` is the identity. Same shape as ``image``.
+  """
+  h, w = image.shape[:2]
+  out = np.zeros_like(image)
+  sy, sx = dy - pad, dx - pad  # source offset in unpadded coordinates
+  ys, ye = max(0, -sy), min(h, h - sy)
+  xs, xe = max(0, -sx), min(w, w - sx)
+  if ys < ye and xs < xe:
+    out[ys:ye, xs:xe] = image[ys + sy:ye + sy, xs + sx:xe + sx]
+  return out
+
+
+def translate_params(rng: np.random.Generator, size: tuple[int, int], prob: float):
+  """torchreid ``Random2DTranslation``: with probability ``prob`` the image is resized to
+  ``round(1.125 * size)`` and cropped at ``(y1, x1)``; returns None (plain resize) otherwise."""
+  if rng.random() > prob:  # the official test: ``uniform(0, 1) > p`` keeps the plain resize
+    return None
+  h, w = size
+  big = (int(round(h * 1.125)), int(round(w * 1.125)))
+  x1 = int(round(rng.uniform(0, big[1] - w)))
+  y1 = int(round(rng.uniform(0, big[0] - h)))
+  return big, y1, x1
+
+
+def erasing_box(rng: np.random.Generator, h: int, w: int, *, prob: float,
+                area: tuple[float, float] = (0.02, 0.4), aspect: float = 0.3,
+                test: str = '>=', attempts: int = 100):
+  """Random-erasing box ``(y0, x0, eh, ew)`` on an ``h x w`` image, or None.
+
+  Zhong et al.'s algorithm as in the ReID repos: skip when ``u >= prob`` (``test='>='``, BoT) or
+  ``u > prob`` (``test='>'``); else up to ``attempts`` draws of area fraction ~ U[area] and aspect
+  ~ U[aspect, 1/aspect], ``eh = round(sqrt(A * r))``, ``ew = round(sqrt(A / r))``, accepted when
+  ``eh < h and ew < w``; the corner is uniform over the valid positions (inclusive).
+  """
+  if test not in ERASING_TESTS:
+    raise ValueError(f"config.input.erasing_test must be one of {ERASING_TESTS}, got {test!r}")
+  u = rng.random()
+  if (u >= prob) if test == '>=' else (u > prob):
+    return None
+  for _ in range(attempts):
+    target = rng.uniform(*area) * h * w
+    ratio = rng.uniform(aspect, 1.0 / aspect)
+    eh = int(round(math.sqrt(target * ratio)))
+    ew = int(round(math.sqrt(target / ratio)))
+    if ew < w and eh < h:
+      return int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1)), eh, ew
+  return None
+
+
+def normalize(image: np.ndarray, mean, std) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` -> float32 ``(x / 255 - mean) / std``."""
+  return ((image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32))
+
+
+def normalize_texture(texture: np.ndarray, size: int | None = None) -> np.ndarray:
+  """SAN's texture target: optional bilinear resize to ``size x size``, then ``x / 127.5 - 1``
+  (ToTensor + Normalize(0.5, 0.5)), float32 in [-1, 1]; never flipped."""
+  if size:
+    texture = resize(texture, (size, size), 'bilinear')
+  return texture.astype(np.float32) / 127.5 - 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """One recipe's augmentation, built from ``config.input`` by ``from_config``."""
+  size: tuple[int, int]
+  interpolation: str = 'bilinear'
+  flip_prob: float = 0.5
+  crop: str = 'pad'
+  pad: int = 10
+  translate_prob: float = 0.5
+  erasing_prob: float = 0.5
+  erasing_area: tuple[float, float] = (0.02, 0.4)
+  erasing_aspect: float = 0.3
+  erasing_fill: tuple[float, float, float] = (0.485, 0.456, 0.406)
+  erasing_test: str = '>='
+  mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+  std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+  texture_size: int | None = None
+
+  def __post_init__(self):
+    if self.crop not in CROPS:
+      raise ValueError(f'config.input.crop must be one of {CROPS}, got {self.crop!r}')
+    if self.erasing_test not in ERASING_TESTS:
+      raise ValueError(f'config.input.erasing_test must be one of {ERASING_TESTS}, '
+                       f'got {self.erasing_test!r}')
+    if self.interpolation not in _PIL_INTERPOLATION:
+      raise ValueError(f'config.input.interpolation must be one of {sorted(_PIL_INTERPOLATION)},'
+                       f' got {self.interpolation!r}')
+
+  @classmethod
+  def from_config(cls, config_input, train: bool = True) -> 'Augment':
+    """Training augmentation (``train=True``) or the test transform (resize + normalise)."""
+    c = config_input
+    common = dict(size=tuple(c.size), mean=tuple(c.mean), std=tuple(c.std),
+                  texture_size=c.get('texture_size'))
+    if not train:
+      return cls(interpolation=c.test_interpolation, flip_prob=0.0, crop='none',
+                 erasing_prob=0.0, **common)
+    return cls(interpolation=c.interpolation, flip_prob=c.flip_prob, crop=c.crop, pad=c.pad,
+               translate_prob=c.translate_prob, erasing_prob=c.erasing_prob,
+               erasing_area=tuple(c.erasing_area), erasing_aspect=c.erasing_aspect,
+               erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test, **common)
+
+  def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
+    """``example['image']`` uint8 ``[h, w, 3]`` (and optional ``parsing`` ``[h, w, 1]``,
+    ``texture`` ``[t, t, 3]``) -> dict with ``image`` float32 ``[H, W, 3]``, ``parsing`` uint8
+    ``[H, W]``, ``texture`` float32 ``[T, T, 3]``. ``rng=None`` only for deterministic recipes."""
+    image, parsing = example['image'], example.get('parsing')
+    out = {}
+    # 1. Resize, or Random2DTranslation (resize x1.125, random crop).
+    trans = translate_params(rng, self.size, self.translate_prob) if self.crop == 'translate' \
+        else None
+    h, w = self.size
+    if trans is None:
+      image = resize(image, self.size, self.interpolation)
+      parsing = None if parsing is None else resize(parsing, self.size, 'nearest')
+    else:
+      big, y1, x1 = trans
+      image = resize(image, big, self.interpolation)[y1:y1 + h, x1:x1 + w]
+      if parsing is not None:
+        parsing = resize(parsing, big, 'nearest')[y1:y1 + h, x1:x1 + w]
+    # 2. Horizontal flip.
+    if self.flip_prob > 0 and rng.random() < self.flip_prob:
+      image = image[:, ::-1]
+      parsing = None if parsing is None else parsing[:, ::-1]
+    # 3. Pad + RandomCrop (zero padding in pixel space, background in the mask).
+    if self.crop == 'pad':
+      dy, dx = (int(v) for v in rng.integers(0, 2 * self.pad + 1, size=2))
+      image = shift_crop(image, dy, dx, self.pad)
+      parsing = None if parsing is None else shift_crop(parsing, dy, dx, self.pad)
+    # 4. Normalise, then erase with constant per-channel values on the normalised image.
+    image = normalize(image, self.mean, self.std)
+    if self.erasing_prob > 0:
+      box = erasing_box(rng, h, w, prob=self.erasing_prob, area=self.erasing_area,
+                        aspect=self.erasing_aspect, test=self.erasing_test)
+      if box is not None:
+        y0, x0, eh, ew = box
+        image[y0:y0 + eh, x0:x0 + ew] = np.asarray(self.erasing_fill, np.float32)
+    out['image'] = image
+    if parsing is not None:
+      out['parsing'] = np.ascontiguousarray(parsing.reshape(h, w))
+    if example.get('texture') is not None:
+      out['texture'] = normalize_texture(example['texture'], self.texture_size)
+    return out
