@@ -20,4 +20,6 @@ def get_config(arg=None):
   config.input.dataset = args.dataset
   if int(args.center):
     config.loss.center_weight = 5e-4
+  if args.dataset == 'synthetic':
+    config_lib.synthetic_demo(config)
   return config

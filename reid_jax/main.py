@@ -18,17 +18,25 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and met
 _MODE = flags.DEFINE_enum('mode', 'train', ['train', 'eval'], 'Train (and evaluate), or only '
                           'evaluate --checkpoint.')
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory for --mode=eval.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', os.environ.get('REID_JAX_COORDINATOR'),
+    'host:port of process 0, for multi-process runs without auto-detection (GPU, CPU). Cloud '
+    'TPU VMs need none of these flags: set REID_JAX_DISTRIBUTED=1 instead.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in a multi-process run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process\'s index (0-based).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  # Multi-host: launchers set JAX's coordinator environment (Cloud TPU sets its own).
-  if os.environ.get('REID_JAX_DISTRIBUTED') or os.environ.get('JAX_COORDINATOR_ADDRESS'):
-    import jax
-    jax.distributed.initialize()
   import jax
+  if _COORDINATOR.value:
+    if jax.config.jax_platforms in ('cpu',) or os.environ.get('JAX_PLATFORMS') == 'cpu':
+      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif os.environ.get('REID_JAX_DISTRIBUTED'):
+    jax.distributed.initialize()  # Cloud TPU: topology from the TPU metadata
 
   from reid_jax import train
   logging.info('JAX process %d/%d, %d local / %d global devices (%s)', jax.process_index(),

@@ -101,15 +101,17 @@ def make_train_step(graphdef, tx, config, mesh):
   loss_config = config.loss
 
   def step(state, batch, lr):
-    def objective(params, centers):
-      model = nnx.merge(graphdef, params, state['rest'])
+    def objective(params, centers, rest):
+      # NNX variables may only be mutated in the trace that created them: rebuild the BN-stat
+      # variables inside the gradient trace (tree.map unflattens into fresh Variable objects).
+      model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
       outputs = model(batch['image'])
       loss, metrics = loss_fn(outputs, batch['label'], loss_config, centers)
       _, _, rest = nnx.split(model, nnx.Param, ...)
       return loss, (metrics, rest)
 
     (_, (metrics, rest)), (g_params, g_centers) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(state['params'], state['centers'])
+        objective, argnums=(0, 1), has_aux=True)(state['params'], state['centers'], state['rest'])
     updates, opt_state = tx.update(g_params, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], optim.apply_learning_rate(updates, lr))
     centers = state['centers']
@@ -307,9 +309,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                    data_dir=data_dir)
           writer.write_scalars(step, summary(results, 'eval/'))
     manager.wait()
-    results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir)
-    final = summary(results)
-    final['step'] = step
+    final = {'step': step}
+    if config.eval.at_end:
+      results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir)
+      final.update(summary(results))
     writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
     writer.flush()
     if jax.process_index() == 0:

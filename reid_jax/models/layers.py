@@ -151,8 +151,9 @@ def max_pool(x: Array, window: int = 3, stride: int = 2, padding: int = 1,
       out = eff // stride + 1
     extra = max((out - 1) * stride + window - (size + 2 * padding), 0)
     pads.append((padding, padding + extra))
+  # A Python-scalar init value lets JAX recognise a max-pool, which it can differentiate.
   return jax.lax.reduce_window(
-      x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+      x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
       ((0, 0), pads[0], pads[1], (0, 0)))
 
 
