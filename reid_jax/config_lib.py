@@ -72,10 +72,13 @@ def eval_config() -> ml_collections.ConfigDict:
       metric='sqeuclidean',  # 'euclidean', 'sqeuclidean' or 'cosine'
       ap='step',             # 'step' (torchreid/fast-reid) or 'trapezoid' (Market-1501 official/MPN)
       max_rank=50,
-      rerank=False,
+      rerank=False,          # False, True (k1/k2/lambda below) or a preset: 'bot', 'transreid', ...
       rerank_k1=20,
       rerank_k2=6,
       rerank_lambda=0.3,
+      block_size=256,        # query rows per evaluation block (memory ~ block_size * G * 8 bytes)
+      cuhk03_single_shot=False,  # classic CUHK03 single-gallery-shot CMC (10 seeded draws)
+      roc=False,             # also report TPR at FPR 1e-4/1e-3/1e-2 (needs the [Q, G] matrix)
       every_epochs=40,
       at_end=True,           # evaluate once training ends
   ))

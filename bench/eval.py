@@ -1,0 +1,234 @@
+"""Evaluation benchmark: reid_jax.evaluation against NumPy references, printing JSON.
+
+  python bench/eval.py                 # everything (several minutes on a 2-core CPU)
+  python bench/eval.py --only=market   # one part: market | market_features | msmt | rerank
+  python bench/eval.py --quick         # small sizes, seconds (smoke run)
+
+Each measurement runs in its own subprocess so that its peak RSS (``ru_maxrss``) and its first
+call (compilation included: no persistent compilation cache) are its own. Synthetic data:
+Market-like / MSMT17-like labels (bench/synthetic.py) and unit-norm identity-centre + noise
+features (D = 2048). Reference for the metrics: a vectorised NumPy implementation of the
+torchreid ``rank.py`` protocol (full argsort per row, in chunks of rows) run on the same distance
+matrix; fast-reid's Cython evaluator is not installed here, its ~2.7 s on this machine for the
+Market matrix is an external number quoted for the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+FASTREID_CYTHON_MARKET_S = 2.7  # external: fast-reid eval_market1501_cy on the Market matrix here
+
+
+def rss_gib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def numpy_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, chunk=512):
+  """torchreid rank.py protocol, vectorised per chunk of rows (step AP, mINP, CMC)."""
+  cmc_sum = np.zeros(max_rank)
+  aps, inps = [], []
+  for lo in range(0, distmat.shape[0], chunk):
+    d = distmat[lo:lo + chunk]
+    qp, qc = q_pids[lo:lo + chunk, None], q_camids[lo:lo + chunk, None]
+    order = np.argsort(d, axis=1, kind='stable')
+    gp, gc = g_pids[order], g_camids[order]
+    keep = (gp >= 0) & ~((gp == qp) & (gc == qc))
+    match = (gp == qp) & keep
+    for i in range(d.shape[0]):
+      m = match[i][keep[i]]
+      if not m.any():
+        continue
+      hits = np.flatnonzero(m)
+      cmc = np.zeros(max_rank)
+      cmc[hits[0]:] = 1
+      cmc_sum += cmc
+      aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+      inps.append(len(hits) / (hits[-1] + 1))
+  return dict(cmc=cmc_sum / len(aps), mAP=float(np.mean(aps)), mINP=float(np.mean(inps)),
+              num_valid_queries=len(aps))
+
+
+def numpy_rerank(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3):
+  """The classic k-reciprocal re-ranking (dense N x N, inverted index Jaccard), NumPy float32."""
+  original = np.block([[q_q, q_g], [q_g.T, g_g]]).astype(np.float32)
+  np.square(original, out=original)
+  original = np.transpose(original / np.max(original, axis=0))
+  nq = q_g.shape[0]
+  n = original.shape[0]
+  v = np.zeros_like(original)
+  rank = np.argsort(original, axis=1).astype(np.int32)
+  kh = int(np.around(k1 / 2.0))
+  for i in range(n):
+    fwd = rank[i, :k1 + 1]
+    r = fwd[np.where(rank[fwd, :k1 + 1] == i)[0]]
+    exp = r
+    for c in r:
+      fc = rank[c, :kh + 1]
+      rc = fc[np.where(rank[fc, :kh + 1] == c)[0]]
+      if len(np.intersect1d(rc, r)) > 2.0 / 3 * len(rc):
+        exp = np.append(exp, rc)
+    exp = np.unique(exp)
+    w = np.exp(-original[i, exp])
+    v[i, exp] = w / np.sum(w)
+  original = original[:nq]
+  if k2 != 1:
+    vqe = np.zeros_like(v)
+    for i in range(n):
+      vqe[i] = np.mean(v[rank[i, :k2]], axis=0)
+    v = vqe
+    del vqe
+  del rank
+  inv = [np.where(v[:, i] != 0)[0] for i in range(n)]
+  jac = np.zeros((nq, n), np.float32)
+  for i in range(nq):
+    tmin = np.zeros(n, np.float32)
+    nz = np.where(v[i] != 0)[0]
+    for k in nz:
+      tmin[inv[k]] += np.minimum(v[i, k], v[inv[k], k])
+    jac[i] = 1 - tmin / (2.0 - tmin)
+  return (jac * (1 - lambda_value) + original * lambda_value)[:, nq:]
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _data(size, seed=0, noise=1.0):
+  from bench import synthetic
+  qp, gp, qc, gc = synthetic.labels(size, seed)
+  qf, gf = synthetic.features(qp, gp, 2048 if size != 'small' else 256, noise=noise, seed=seed)
+  return qf, gf, qp, gp, qc, gc
+
+
+def worker(task, size):
+  out = {'task': task, 'size': size}
+  if task in ('metrics_jax', 'metrics_numpy'):
+    qf, gf, qp, gp, qc, gc = _data(size)
+    d = qf @ gf.T
+    d = np.maximum(2.0 - 2.0 * d, 0.0).astype(np.float32)  # sqeuclidean of unit vectors
+    del qf, gf
+    out['rss_gib_before'] = rss_gib()
+    if task == 'metrics_jax':
+      from reid_jax import evaluation as ev
+      t0 = time.perf_counter()
+      r = ev.rank_metrics(d, qp, gp, qc, gc)
+      out['first_call_s'] = time.perf_counter() - t0
+      t0 = time.perf_counter()
+      r = ev.rank_metrics(d, qp, gp, qc, gc)
+      out['warm_s'] = time.perf_counter() - t0
+    else:
+      t0 = time.perf_counter()
+      r = numpy_rank(d, qp, gp, qc, gc)
+      out['time_s'] = time.perf_counter() - t0
+    out.update(mAP=r['mAP'], mINP=r['mINP'], R1=float(r['cmc'][0]))
+  elif task in ('evaluate_jax', 'evaluate_numpy'):
+    qf, gf, qp, gp, qc, gc = _data(size)
+    out['rss_gib_before'] = rss_gib()
+    if task == 'evaluate_jax':
+      from reid_jax import evaluation as ev
+      t0 = time.perf_counter()
+      r = ev.evaluate(qf, gf, qp, gp, qc, gc, metric='sqeuclidean')
+      out['first_call_s'] = time.perf_counter() - t0
+      if size != 'msmt':
+        t0 = time.perf_counter()
+        r = ev.evaluate(qf, gf, qp, gp, qc, gc, metric='sqeuclidean')
+        out['warm_s'] = time.perf_counter() - t0
+      import jax
+      stats = jax.devices()[0].memory_stats() or {}
+      if 'peak_bytes_in_use' in stats:
+        out['device_peak_gib'] = stats['peak_bytes_in_use'] / 2**30
+    else:  # NumPy: distances + metrics in query chunks (the full matrix would be 3.6 GiB on MSMT)
+      t0 = time.perf_counter()
+      nq = len(qp) if size != 'msmt' else 1024  # MSMT: first 1024 queries, time extrapolated
+      d = np.empty((nq, len(gp)), np.float32)
+      for lo in range(0, nq, 256):
+        d[lo:lo + 256] = np.maximum(2.0 - 2.0 * qf[lo:min(nq, lo + 256)] @ gf.T, 0.0)
+      r = numpy_rank(d, qp[:nq], gp, qc[:nq], gc)
+      out['time_s'] = time.perf_counter() - t0
+      out['queries'] = nq
+      if nq < len(qp):
+        out['time_s_extrapolated'] = out['time_s'] * len(qp) / nq
+    out.update(mAP=r['mAP'], mINP=r['mINP'], R1=float(r['cmc'][0]))
+  elif task in ('rerank_jax', 'rerank_numpy'):
+    qf, gf, qp, gp, qc, gc = _data(size)
+    from reid_jax.evaluation.distance import pairwise_distance
+    dists = [np.asarray(pairwise_distance(a, b, 'euclidean')) for a, b in
+             ((qf, gf), (qf, qf), (gf, gf))]
+    del qf, gf
+    out['rss_gib_before'] = rss_gib()
+    t0 = time.perf_counter()
+    if task == 'rerank_jax':
+      from reid_jax import evaluation as ev
+      final = np.asarray(ev.re_rank(*dists))
+    else:
+      final = numpy_rerank(*dists)
+    out['time_s'] = time.perf_counter() - t0
+    out['checksum'] = float(final[:50].astype(np.float64).sum())
+    out['sample'] = final[:2, :5].tolist()
+  out['peak_rss_gib'] = rss_gib()
+  print('RESULT ' + json.dumps(out))
+
+
+def run(task, size, timeout=1800):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  env.pop('XLA_FLAGS', None)
+  t0 = time.perf_counter()
+  p = subprocess.run([sys.executable, os.path.abspath(__file__), '--worker', task, '--size', size],
+                     env=env, capture_output=True, text=True, timeout=timeout)
+  for line in p.stdout.splitlines():
+    if line.startswith('RESULT '):
+      res = json.loads(line[7:])
+      res['process_s'] = time.perf_counter() - t0
+      return res
+  return {'task': task, 'size': size, 'error': p.stderr[-2000:]}
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument('--only', choices=['market', 'market_features', 'msmt', 'rerank'])
+  ap.add_argument('--quick', action='store_true', help='small synthetic set instead')
+  ap.add_argument('--worker')
+  ap.add_argument('--size', default='market')
+  args = ap.parse_args()
+  if args.worker:
+    worker(args.worker, args.size)
+    return
+  big = 'small' if args.quick else None
+  parts = [args.only] if args.only else ['market', 'market_features', 'msmt', 'rerank']
+  report = {'device': 'CPU (2 cores, shared)', 'quick': args.quick}
+  for part in parts:
+    if part == 'market':
+      s = big or 'market'
+      j, n = run('metrics_jax', s), run('metrics_numpy', s)
+      report['market_metrics'] = dict(jax=j, numpy_reference=n)
+      if 'first_call_s' in j:
+        report['market_metrics']['speedup_vs_numpy_first_call'] = n.get('time_s', 0) / j['first_call_s']
+        report['market_metrics']['speedup_vs_fastreid_cython_2.7s_external_first_call'] = (
+            FASTREID_CYTHON_MARKET_S / j['first_call_s'])
+    elif part == 'market_features':
+      s = big or 'market'
+      report['market_distances_and_metrics'] = dict(jax=run('evaluate_jax', s),
+                                                    numpy_reference=run('evaluate_numpy', s))
+    elif part == 'msmt':
+      s = big or 'msmt'
+      report['msmt_distances_and_metrics'] = dict(
+          jax=run('evaluate_jax', s), numpy_reference_first_1024_queries=run('evaluate_numpy', s))
+    elif part == 'rerank':
+      s = big or 'market'
+      report['market_rerank'] = dict(jax=run('rerank_jax', s), numpy_reference=run('rerank_numpy', s))
+  print(json.dumps(report, indent=1))
+
+
+if __name__ == '__main__':
+  main()
