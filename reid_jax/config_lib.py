@@ -117,6 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval = eval_config()
   config.mesh = (('data', -1),)
   config.log_every_steps = 50
+  config.max_steps = ml_collections.config_dict.placeholder(int)  # stop early (smoke runs)
   config.init_checkpoint = ml_collections.config_dict.placeholder(str)  # e.g. reid_jax.convert output
   config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   return config

@@ -151,14 +151,14 @@ def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None, workdir=No
     feats[split] = extract_features(model, batches, flip=config.eval.flip,
                                     normalize=config.eval.normalize)
   (qf, qp, qc), (gf, gp, gc) = feats['query'][:3], feats['gallery'][:3]
-  results = evaluation.evaluate(qf, gf, qp, gp, qc, gc, metric=config.eval.metric,
-                                max_rank=config.eval.max_rank, ap=config.eval.ap, mesh=mesh)
-  if config.eval.rerank:
-    rr = evaluation.evaluate(qf, gf, qp, gp, qc, gc, metric=config.eval.metric,
-                             max_rank=config.eval.max_rank, ap=config.eval.ap, rerank=True,
-                             k1=config.eval.rerank_k1, k2=config.eval.rerank_k2,
-                             lambda_value=config.eval.rerank_lambda)
-    results = dict(results, reranked=rr)
+  c = config.eval
+  kw = dict(metric=c.metric, max_rank=c.max_rank, ap=c.ap, block_size=c.block_size, mesh=mesh)
+  results = evaluation.evaluate(qf, gf, qp, gp, qc, gc, **kw)
+  if c.rerank:
+    rerank = c.rerank if isinstance(c.rerank, str) else dict(
+        k1=c.rerank_k1, k2=c.rerank_k2, lambda_value=c.rerank_lambda)
+    results = dict(results, reranked=evaluation.evaluate(qf, gf, qp, gp, qc, gc, rerank=rerank,
+                                                         **kw))
   return results
 
 
@@ -244,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Global step at which each epoch ends (P x K epochs differ in length, as the official sampler's).
   epoch_ends = np.cumsum([plan.num_batches(e) for e in range(config.num_epochs)])
   num_steps = int(epoch_ends[-1])
+  if config.get('max_steps'):
+    num_steps = min(num_steps, config.max_steps)
 
   with jax.set_mesh(mesh):
     graphdef, state, tx = init_state(config, info.num_classes, mesh)
