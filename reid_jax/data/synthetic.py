@@ -17,7 +17,7 @@ Hardness (on purpose, so that an untrained network scores low):
     other "pedestrians" in palette colours).
 
 Rendering is vectorised NumPy over the pixel grid (one boolean mask per body part); there is no
-per-pixel Python loop. A 128x64 image costs about a millisecond.
+per-pixel Python loop. A 128x64 image costs a few milliseconds.
 """
 
 from __future__ import annotations
