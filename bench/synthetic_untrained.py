@@ -66,7 +66,6 @@ def main():
   parser.add_argument('--width', type=int, default=16)
   args = parser.parse_args()
 
-  import tensorflow_datasets as tfds
   from reid_jax import config_lib
   from reid_jax import models
   from reid_jax_datasets.synthetic_reid import SyntheticReid
@@ -107,7 +106,6 @@ def main():
       r1_mean=round(float(runs[:, 0].mean()), 1), r1_std=round(float(runs[:, 0].std()), 1),
       mAP_mean=round(float(runs[:, 1].mean()), 1), mAP_std=round(float(runs[:, 1].std()), 1))
   print(json.dumps(result, indent=1))
-  del tfds
 
 
 if __name__ == '__main__':
