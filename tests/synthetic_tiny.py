@@ -1,6 +1,8 @@
 """Shared by the data tests: the ``synthetic_reid/tiny`` dataset, built once per test process."""
 
+import atexit
 import functools
+import shutil
 import tempfile
 
 from reid_jax import config_lib
@@ -11,6 +13,7 @@ def data_dir(config: str = 'tiny') -> str:
   """A temporary TFDS data_dir holding ``synthetic_reid/<config>`` in array_record format."""
   from reid_jax_datasets.synthetic_reid import SyntheticReid  # pylint: disable=g-import-not-at-top
   path = tempfile.mkdtemp(prefix=f'synthetic_reid_{config}_')
+  atexit.register(shutil.rmtree, path, ignore_errors=True)
   SyntheticReid(config=config, data_dir=path, file_format='array_record').download_and_prepare()
   return path
 

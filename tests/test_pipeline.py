@@ -161,6 +161,20 @@ def test_eval_batches_pad_and_mark_valid(data_dir):
     data.eval_batches(c, 'gallery', batch_size=20, multiple_of=8, data_dir=data_dir)
 
 
+def test_eval_process_slices_cover_the_global_batches(data_dir):
+  c = synthetic_tiny.input_config()
+  whole = list(data.eval_batches(c, 'query', batch_size=8, data_dir=data_dir))
+  parts = [list(data.eval_batches(c, 'query', batch_size=8, process_index=i, process_count=2,
+                                  data_dir=data_dir)) for i in range(2)]
+  assert len(parts[0]) == len(parts[1]) == len(whole)
+  for glob, a, b in zip(whole, *parts):
+    assert a['image'].shape[0] == 4
+    for key in glob:
+      np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), glob[key])
+  with pytest.raises(ValueError, match='process_count=3'):
+    data.eval_batches(c, 'query', batch_size=8, process_count=3, data_dir=data_dir)
+
+
 def test_dataset_info_and_clear_errors(data_dir, tmp_path):
   c = synthetic_tiny.input_config()
   info = data.dataset_info(c, data_dir=data_dir)

@@ -211,27 +211,37 @@ class _EvalExample(grain.transforms.Map):
 
 
 def eval_batches(config_input, split: str, *, batch_size: int | None = None,
-                 multiple_of: int = 1, data_dir: str | None = None):
+                 multiple_of: int = 1, process_index: int = 0, process_count: int = 1,
+                 data_dir: str | None = None):
   """Iterator over ``split`` (e.g. 'query', 'gallery') in record order, for feature extraction.
 
-  Every batch has exactly ``batch_size`` rows (default ``config_input.eval_batch_size``), which
-  must be a multiple of ``multiple_of`` (e.g. the device count); the last batch is padded. Yields
-  dicts: ``image`` float32 [B, H, W, 3] (test resize with ``test_interpolation``, normalised),
-  ``pid``, ``camid`` int32 [B] (-1 on padding), ``index`` int32 [B] (record index, -1 on
-  padding), ``valid`` bool [B] (False on padding), plus ``parsing``/``texture`` when the config
-  asks for them. Junk images (pid -1) are left out when ``config_input.eval_drop_junk``.
+  Every global batch has exactly ``batch_size`` rows (default ``config_input.eval_batch_size``),
+  which must be a multiple of ``multiple_of`` (e.g. the global device count) and of
+  ``process_count``; the last batch is padded. Process ``process_index`` gets rows
+  ``[i*L, (i+1)*L)`` of each, ``L = batch_size / process_count``, ready for
+  ``jax.make_array_from_process_local_data``. Yields dicts of ``L`` rows: ``image`` float32
+  [L, H, W, 3] (test resize with ``test_interpolation``, normalised), ``pid``, ``camid`` int32 [L]
+  (-1 on padding), ``index`` int32 [L] (record index, -1 on padding), ``valid`` bool [L] (False
+  on padding), plus ``parsing``/``texture`` when the config asks for them. Junk images (pid -1)
+  are left out when ``config_input.eval_drop_junk``.
   """
   batch_size = batch_size or config_input.eval_batch_size
   if batch_size < 1 or multiple_of < 1 or batch_size % multiple_of:
     raise ValueError(f'eval_batches: batch_size={batch_size} must be a positive multiple of '
                      f'multiple_of={multiple_of} (the device count)')
+  if process_count < 1 or not 0 <= process_index < process_count or batch_size % process_count:
+    raise ValueError(f'eval_batches: batch_size={batch_size} must split over process_count='
+                     f'{process_count} and process_index={process_index} be in [0, '
+                     f'{process_count})')
   builder = _open(config_input, data_dir)
   pids = _columns(builder, split)['pid']
   keep = np.flatnonzero(pids != -1) if config_input.eval_drop_junk else np.arange(pids.size)
   padded = max(1, math.ceil(keep.size / batch_size)) * batch_size
+  local = batch_size // process_count
   extras = _wanted(config_input, builder)
   source = _source(builder, split, ('image', *extras))
-  ds = grain.MapDataset.range(padded).map(
-      _EvalExample(source, Augment.from_config(config_input, train=False), keep, extras))
-  ds = ds.batch(batch_size).to_iter_dataset(_read_options(config_input))
+  ds = grain.MapDataset.range(padded // process_count).map(
+      lambda j: j // local * batch_size + process_index * local + j % local)  # global row
+  ds = ds.map(_EvalExample(source, Augment.from_config(config_input, train=False), keep, extras))
+  ds = ds.batch(local).to_iter_dataset(_read_options(config_input))
   return iter(ds)

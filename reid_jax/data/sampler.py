@@ -88,7 +88,7 @@ class PKPlan:
     self._ends: list[int] = []  # cumulative batch counts: epoch e ends at global batch _ends[e]
     self._cache: dict[int, np.ndarray] = {}
     self._lock = threading.RLock()  # grain reads elements from several threads
-    if epoch_plan(self.labels, p, k, seed, 0).shape[0] == 0:
+    if self.epoch(0).shape[0] == 0:
       ids = np.unique(self.labels).size
       raise ValueError(f'P x K sampler: {ids} identities cannot fill a batch of p={p} '
                        f'identities; lower config.input.p')

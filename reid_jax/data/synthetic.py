@@ -17,7 +17,7 @@ Hardness (on purpose, so that an untrained network scores low):
     other "pedestrians" in palette colours).
 
 Rendering is vectorised NumPy over the pixel grid (one boolean mask per body part); there is no
-per-pixel Python loop. A 128x64 image costs about a millisecond.
+per-pixel Python loop. A 128x64 image costs a few milliseconds.
 """
 
 from __future__ import annotations
@@ -489,7 +489,8 @@ def texture(spec: SyntheticSpec, seed: int, record: Record) -> np.ndarray:
   torso = (v >= 0.125) & (v < 0.5)
   tu = np.where(left, u * 4 - 1, u * 4 - 3)  # [-1, 1] within each half
   tv = (v - 0.125) / 0.375
-  pattern = np.where(left, _torso_pattern(person, tu, tv, True), _torso_pattern(person, tu, tv, False))
+  pattern = np.where(left, _torso_pattern(person, tu, tv, front=True),
+                     _torso_pattern(person, tu, tv, front=False))
   cv.paint(torso, person.torso, None, None, pattern, person.torso2)
   if person.item == 'backpack':
     cv.paint(torso & (u > 0.6) & (u < 0.9) & (tv > 0.1) & (tv < 0.8), person.item_colour, None)

@@ -18,6 +18,7 @@ Recipes:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -96,10 +97,21 @@ def erasing_box(rng: np.random.Generator, h: int, w: int, *, prob: float,
   return None
 
 
+@functools.lru_cache(maxsize=8)
+def _normalize_lut(mean: tuple, std: tuple) -> np.ndarray:
+  """``[3, 256]`` float32 table of ``(v / 255 - mean) / std``, computed in float32 like ToTensor +
+  Normalize, so the lookup is bit-identical to the arithmetic (and about twice as fast)."""
+  v = np.arange(256, dtype=np.float32) / np.float32(255)
+  return np.stack([(v - np.float32(m)) / np.float32(s) for m, s in zip(mean, std)])
+
+
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
   """uint8 ``[H, W, 3]`` -> float32 ``(x / 255 - mean) / std``."""
-  return ((image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
-          / np.asarray(std, np.float32))
+  lut = _normalize_lut(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+  out = np.empty(image.shape, np.float32)
+  for c in range(image.shape[-1]):
+    np.take(lut[c], image[..., c], out=out[..., c])
+  return out
 
 
 def normalize_texture(texture: np.ndarray, size: int | None = None) -> np.ndarray:
