@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -73,8 +74,11 @@ def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     abstract = nnx.eval_shape(lambda: models.build_model(model_config, meta['num_classes']))
     graphdef, abstract_state = nnx.split(abstract)
+    # Replicated over this run's devices, whatever topology wrote the checkpoint.
+    replicated = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()), ('devices',)), jax.sharding.PartitionSpec())
     target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_state)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_state)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           model=ocp.args.StandardRestore(target))).model

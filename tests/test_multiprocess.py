@@ -70,5 +70,12 @@ def test_two_processes_match_one_process(setup):
   np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
   (step_s, state_s), (step_m, state_m) = final_state(single), final_state(multi)
   assert step_s == step_m == STEPS
+  # Cross-process all-reduces sum in another order; Adam turns that rounding noise into up to
+  # ~lr-sized steps where the second moment is ~0. Bound: a tenth of one step (lr 1e-3), and
+  # all but a handful of elements equal to 1e-6.
   for key, value in state_s.items():
-    np.testing.assert_allclose(state_m[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(state_m[key], value, rtol=1e-4, atol=1e-4, err_msg=key)
+  total = sum(v.size for v in state_s.values())
+  loose = sum(int(np.sum(~np.isclose(state_m[k], v, rtol=1e-5, atol=1e-6)))
+              for k, v in state_s.items())
+  assert loose <= total * 1e-4, f'{loose} of {total} values differ by more than 1e-6'

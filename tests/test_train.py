@@ -80,10 +80,17 @@ def final_state(workdir):
   """The newest checkpoint's model variables, as NumPy, keyed by path."""
   import orbax.checkpoint as ocp
   directory = os.path.join(workdir, 'checkpoints')
-  with ocp.CheckpointManager(directory) as mngr:
+  handlers = {'model': ocp.StandardCheckpointHandler(), 'train': ocp.StandardCheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as mngr:
     step = mngr.latest_step()
+    # Targets on this process's first device: the run that wrote it may have had other devices.
+    metadata = mngr.item_metadata(step)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = lambda m: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), m)
     restored = mngr.restore(step, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(), train=ocp.args.StandardRestore()))
+        model=ocp.args.StandardRestore(target(metadata['model'])),
+        train=ocp.args.StandardRestore(target(metadata['train']))))
   leaves = jax.tree_util.tree_leaves_with_path({'model': restored.model, 'train': restored.train})
   return step, {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
