@@ -148,11 +148,11 @@ def synthetic_demo(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
   config.input.dataset = 'synthetic_reid/demo'
   config.input.size = (128, 64)
   config.input.pad = 5
-  config.input.p, config.input.k = 8, 4
-  config.model.update(depth=18, width=32)
-  config.num_epochs = 12
-  config.optim.update(warmup_epochs=2, milestones=(8, 11), lr=1e-3)
-  config.eval.every_epochs = 0
+  config.input.p, config.input.k = 16, 4
+  config.model.update(depth=18, width=16)
+  config.num_epochs = 30
+  config.optim.update(warmup_epochs=3, milestones=(20, 27), lr=1e-3)
+  config.eval.every_epochs = 10
   config.log_every_steps = 20
   config.checkpoint.every_steps = 200
   return config
