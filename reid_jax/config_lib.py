@@ -81,6 +81,7 @@ def eval_config() -> ml_collections.ConfigDict:
       roc=False,             # also report TPR at FPR 1e-4/1e-3/1e-2 (needs the [Q, G] matrix)
       every_epochs=40,
       at_end=True,           # evaluate once training ends
+      pictures=0,            # write ranked lists of this many queries + the CMC curve (PNG)
   ))
 
 
@@ -118,6 +119,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.mesh = (('data', -1),)
   config.log_every_steps = 50
   config.max_steps = ml_collections.config_dict.placeholder(int)  # stop early (smoke runs)
+  config.grad_accum_steps = 1  # >1: average gradients over micro-batches of whole identities
   config.init_checkpoint = ml_collections.config_dict.placeholder(str)  # e.g. reid_jax.convert output
   config.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
   return config

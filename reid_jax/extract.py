@@ -35,15 +35,17 @@ def _combine(embed, images, flip):
 
 
 def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
-                     normalize: bool = False, progress: bool | None = None):
+                     normalize: bool = False, progress: bool | None = None,
+                     with_index: bool = False):
   """Test features of every valid row of ``batches``.
 
   Each batch is a dict ``{'image': [B, H, W, 3] float32 (normalised), 'pid': [B], 'camid': [B],
   'valid': [B] bool}`` (``valid`` optional; padding rows are dropped). The feature is
   ``reid_jax.models.embed`` (eval mode), optionally combined with the horizontally flipped image
   (``flip='sum'`` as fast-reid/torchreid add them, ``'mean'`` averages), then optionally
-  L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int, camids [N] int)``. A tqdm bar
-  shows when ``progress`` is True, or when None and stderr is a terminal.
+  L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int, camids [N] int)``, plus the
+  batches' record ``index [N]`` with ``with_index``. A tqdm bar shows when ``progress`` is True,
+  or when None and stderr is a terminal.
   """
   if flip not in FLIPS:
     raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
@@ -52,7 +54,7 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
 
   from reid_jax.models import embed  # noqa: PLC0415
 
-  feats, pids, camids = [], [], []
+  feats, pids, camids, index = [], [], [], []
   total = len(batches) if hasattr(batches, '__len__') else None
   for batch in tqdm(batches, total=total, desc='features', unit='batch',
                     disable=None if progress is None else not progress):
@@ -66,12 +68,14 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     feats.append(f[valid])
     pids.append(np.asarray(batch.get('pid', np.full(len(f), -1)))[valid])
     camids.append(np.asarray(batch.get('camid', np.full(len(f), -1)))[valid])
+    index.append(np.asarray(batch.get('index', np.full(len(f), -1)))[valid])
   if not feats:
     raise ValueError('batches is empty')
   feats = np.concatenate(feats)
   if normalize:
     feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-  return feats, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64)
+  out = (feats, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
+  return out + (np.concatenate(index).astype(np.int64),) if with_index else out
 
 
 # ----------------------------------------------------------------------------- image folders

@@ -96,22 +96,52 @@ def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState
 
 
 def make_train_step(graphdef, tx, config, mesh):
-  """A jitted ``(state, batch, lr) -> (state, metrics)`` with the state donated."""
+  """A jitted ``(state, batch, lr) -> (state, metrics)`` with the state donated.
+
+  ``config.grad_accum_steps = n > 1`` splits the batch into ``n`` consecutive micro-batches
+  (each must hold whole identities: ``P*K/n`` a multiple of K) and averages their gradients;
+  BatchNorm statistics are updated micro-batch after micro-batch. Triplet mining then sees one
+  micro-batch at a time, as it would on a smaller device.
+  """
   loss_fn = registry.get_loss(config.model.name)
   loss_config = config.loss
+  accum = int(config.get('grad_accum_steps', 1) or 1)
+  if accum > 1 and (config.input.p * config.input.k) % (accum * config.input.k):
+    raise ValueError(f'config.grad_accum_steps={accum} must split the P*K batch into whole '
+                     f'identities (P={config.input.p} divisible by {accum})')
+
+  def objective(params, centers, rest, images, labels):
+    # NNX variables may only be mutated in the trace that created them: rebuild the BN-stat
+    # variables inside the gradient trace (tree.map unflattens into fresh Variable objects).
+    model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    outputs = model(images)
+    loss, metrics = loss_fn(outputs, labels, loss_config, centers)
+    _, _, rest = nnx.split(model, nnx.Param, ...)
+    return loss, (metrics, rest)
+
+  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+
+  def gradients(state, batch):
+    if accum == 1:
+      (_, (metrics, rest)), grads = grad_fn(state['params'], state['centers'], state['rest'],
+                                            batch['image'], batch['label'])
+      return grads, metrics, rest
+    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]),
+                         {'image': batch['image'], 'label': batch['label']})
+
+    def body(carry, mb):
+      grads_sum, rest = carry
+      (_, (metrics, rest)), grads = grad_fn(state['params'], state['centers'], rest,
+                                            mb['image'], mb['label'])
+      return (jax.tree.map(jnp.add, grads_sum, grads), rest), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, (state['params'], state['centers']))
+    (grads, rest), metrics = jax.lax.scan(body, (zeros, state['rest']), micro)
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    return grads, jax.tree.map(jnp.mean, metrics), rest
 
   def step(state, batch, lr):
-    def objective(params, centers, rest):
-      # NNX variables may only be mutated in the trace that created them: rebuild the BN-stat
-      # variables inside the gradient trace (tree.map unflattens into fresh Variable objects).
-      model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
-      outputs = model(batch['image'])
-      loss, metrics = loss_fn(outputs, batch['label'], loss_config, centers)
-      _, _, rest = nnx.split(model, nnx.Param, ...)
-      return loss, (metrics, rest)
-
-    (_, (metrics, rest)), (g_params, g_centers) = jax.value_and_grad(
-        objective, argnums=(0, 1), has_aux=True)(state['params'], state['centers'], state['rest'])
+    (g_params, g_centers), metrics, rest = gradients(state, batch)
     updates, opt_state = tx.update(g_params, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], optim.apply_learning_rate(updates, lr))
     centers = state['centers']
@@ -139,9 +169,13 @@ def put_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
 
 
 # ----------------------------------------------------------------------------------- eval
-def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None, workdir=None,
-                   pictures: bool = False) -> dict[str, Any]:
-  """Query/gallery features of ``model`` and the ReID metrics under ``config.eval``."""
+def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None,
+                   pictures_dir: str | None = None) -> dict[str, Any]:
+  """Query/gallery features of ``model`` and the ReID metrics under ``config.eval``.
+
+  With ``pictures_dir`` and ``config.eval.pictures > 0``, also writes the ranked lists of the
+  first ``pictures`` queries and the CMC curve there as PNG.
+  """
   from reid_jax import data, evaluation
   from reid_jax.extract import extract_features
   feats = {}
@@ -149,8 +183,8 @@ def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None, workdir=No
     batches = data.eval_batches(config.input, split, batch_size=config.input.eval_batch_size,
                                 multiple_of=jax.device_count(), data_dir=data_dir)
     feats[split] = extract_features(model, batches, flip=config.eval.flip,
-                                    normalize=config.eval.normalize)
-  (qf, qp, qc), (gf, gp, gc) = feats['query'][:3], feats['gallery'][:3]
+                                    normalize=config.eval.normalize, with_index=True)
+  (qf, qp, qc, qi), (gf, gp, gc, gi) = feats['query'], feats['gallery']
   c = config.eval
   kw = dict(metric=c.metric, max_rank=c.max_rank, ap=c.ap, block_size=c.block_size, mesh=mesh)
   results = evaluation.evaluate(qf, gf, qp, gp, qc, gc, **kw)
@@ -159,7 +193,43 @@ def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None, workdir=No
         k1=c.rerank_k1, k2=c.rerank_k2, lambda_value=c.rerank_lambda)
     results = dict(results, reranked=evaluation.evaluate(qf, gf, qp, gp, qc, gc, rerank=rerank,
                                                          **kw))
+  if pictures_dir and c.get('pictures', 0) > 0 and jax.process_index() == 0:
+    write_pictures(pictures_dir, config, data_dir, results, (qf, qp, qc, qi), (gf, gp, gc, gi))
   return results
+
+
+class _LazyImages:
+  """Gallery images decoded on first access (a ranked list shows only its top k)."""
+
+  def __init__(self, config_input, split, indices, data_dir):
+    self._args = (config_input, split, data_dir)
+    self._indices = indices
+    self._cache = {}
+
+  def __getitem__(self, j):
+    if j not in self._cache:
+      config_input, split, data_dir = self._args
+      from reid_jax import data
+      self._cache[j] = data.raw_images(config_input, split, [self._indices[j]], data_dir)[0]
+    return self._cache[j]
+
+
+def write_pictures(directory, config, data_dir, results, query, gallery) -> None:
+  from reid_jax import data, evaluation
+  from reid_jax.evaluation import visualize
+  os.makedirs(directory, exist_ok=True)
+  qf, qp, qc, qi = query
+  gf, gp, gc, gi = gallery
+  n = min(config.eval.pictures, len(qf))
+  dist = np.asarray(evaluation.pairwise_distance(qf[:n], gf, config.eval.metric))
+  q_images = data.raw_images(config.input, 'query', qi[:n], data_dir)
+  g_images = _LazyImages(config.input, 'gallery', gi, data_dir)
+  size = tuple(config.input.size)
+  for i in range(n):
+    visualize.ranked_list(q_images[i], g_images, dist[i], qp[i], qc[i], gp, gc,
+                          os.path.join(directory, f'rank_query{i:04d}.png'), size=size)
+  visualize.cmc_curve(results['cmc'], os.path.join(directory, 'cmc.png'),
+                      label=f'{config.model.name} on {config.input.dataset}')
 
 
 def summary(results: dict[str, Any], prefix: str = '') -> dict[str, float]:
@@ -313,7 +383,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait()
     final = {'step': step}
     if config.eval.at_end:
-      results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir)
+      results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir,
+                               pictures_dir=os.path.join(workdir, 'pictures'))
       final.update(summary(results))
     writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
     writer.flush()
@@ -336,7 +407,8 @@ def evaluate_checkpoint(config, checkpoint_dir: str, workdir: str) -> dict[str, 
   mesh = make_mesh(config)
   with jax.set_mesh(mesh):
     model = ckpt_lib.restore_model(config.model, checkpoint_dir)
-    results = evaluate_model(model, config, mesh, data_dir=data_dir, workdir=workdir)
+    results = evaluate_model(model, config, mesh, data_dir=data_dir,
+                             pictures_dir=os.path.join(workdir, 'pictures'))
   final = summary(results)
   if jax.process_index() == 0:
     write_json_atomic(final, os.path.join(workdir, 'eval_metrics.json'))

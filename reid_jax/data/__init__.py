@@ -12,6 +12,6 @@ Stable API (docs/input_pipeline.md):
 """
 
 from reid_jax.data.pipeline import (DatasetInfo, dataset_info, eval_batches,  # noqa: F401
-                                    train_iterator, train_plan)
+                                    raw_images, train_iterator, train_plan)
 from reid_jax.data.sampler import PKPlan, PKSampler, epoch_plan, estimated_length  # noqa: F401
 from reid_jax.data.transforms import Augment  # noqa: F401

@@ -245,3 +245,10 @@ def eval_batches(config_input, split: str, *, batch_size: int | None = None,
   ds = ds.map(_EvalExample(source, Augment.from_config(config_input, train=False), keep, extras))
   ds = ds.batch(local).to_iter_dataset(_read_options(config_input))
   return iter(ds)
+
+
+def raw_images(config_input, split: str, indices, data_dir: str | None = None):
+  """The stored images ``[H, W, 3] uint8`` of records ``indices`` of ``split`` (no resize, no
+  normalisation), e.g. for ranked-list pictures."""
+  src = _source(_open(config_input, data_dir), split, ('image',))
+  return [np.asarray(r['image']) for r in src.__getitems__([int(i) for i in indices])]
