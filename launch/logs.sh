@@ -15,14 +15,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 tpu_flags
 flag remote-dir REMOTE_DIR reid_jax 'Checkout folder on the workers (setup.sh --remote-dir).'
 flag log-file LOG_FILE run.log 'Log file in the checkout (run.sh --log-file).'
-flag lines LINES 50 'How many lines to show.'
+flag lines LOG_LINES 50 'How many lines to show.'
 flag worker WORKER all 'Worker(s): all, or a number.'
 switch follow FOLLOW 'Keep following the log (tail -f).'
 parse_args "$@"
 require TPU_NAME ZONE
-[[ $LINES =~ ^[0-9]+$ ]] || die "--lines must be a number (got '$LINES')"
+[[ $LOG_LINES =~ ^[0-9]+$ ]] || die "--lines must be a number (got '$LOG_LINES')"
 
-tail_cmd=(tail -n "$LINES")
+tail_cmd=(tail -n "$LOG_LINES")
 if ((FOLLOW)); then
   tail_cmd+=(-f)
 fi

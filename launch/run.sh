@@ -57,7 +57,7 @@ case $BACKGROUND in
     ;;
   nohup)
     steps+=(
-      "if [ -f $pidfile ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then echo \"reid_jax is already running (pid \$(cat $pidfile)); not starting another\" >&2; exit 1; fi"
+      "if [ -f $pidfile ] && kill -0 \"\$(cat $pidfile)\" 2>/dev/null; then echo \"reid_jax is already running (pid \$(cat $pidfile)); not starting another; delete $pidfile if it is stale\" >&2; exit 1; fi"
       "nohup $job_line >>$log 2>&1 </dev/null & echo \$! >$pidfile"
       "echo \"started on \$(hostname): pid \$(cat $pidfile), log:\" \"\$PWD\"/$log"
     )

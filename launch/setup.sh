@@ -24,6 +24,8 @@ require TPU_NAME ZONE REPO_URL
 
 dir=$(q "$REMOTE_DIR")
 branch=$(q "$BRANCH")
+# The single-quoted steps are meant for the workers' shell, $HOME and all.
+# shellcheck disable=SC2016
 steps=(
   'set -e'
   "if [ -d $dir/.git ]; then git -C $dir fetch origin $branch && git -C $dir checkout -B $branch FETCH_HEAD; else git clone --branch $branch $(q "$REPO_URL") $dir; fi"

@@ -27,7 +27,7 @@ SCRIPTS = ['create.sh', 'setup.sh', 'stage_data.sh', 'run.sh', 'logs.sh', 'delet
 SETTINGS = ['TPU_NAME', 'ZONE', 'PROJECT', 'ACCELERATOR_TYPE', 'RUNTIME_VERSION', 'TPU_MODE',
             'QUEUED_RESOURCE', 'SPOT', 'DRY_RUN', 'REPO_URL', 'BRANCH', 'REMOTE_DIR',
             'PYTHON_VERSION', 'EXTRAS', 'WORKER', 'BUCKET', 'DATA_GCS', 'DATASETS',
-            'LOCAL_DATA_DIR', 'CONFIG', 'WORKDIR', 'BACKGROUND', 'LOG_FILE', 'LINES', 'FOLLOW',
+            'LOCAL_DATA_DIR', 'CONFIG', 'WORKDIR', 'BACKGROUND', 'LOG_FILE', 'LOG_LINES', 'FOLLOW',
             'ASSUME_YES', 'DATA_DIR', 'VENV', 'PYTHON', 'NUM_PROCESSES', 'GPUS_PER_PROCESS',
             'COORDINATOR_PORT', 'LOG_DIR', 'SKIP_INSTALL']
 
