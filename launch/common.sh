@@ -130,6 +130,12 @@ parse_args() {
     fi
     printf -v "${_FLAG_VARS[$i]}" '%s' "$value"
   done
+  # A switch set from the environment must be 0 or 1 (DRY_RUN=yes must not mean "run it").
+  for i in "${!_FLAG_KINDS[@]}"; do
+    if [[ ${_FLAG_KINDS[$i]} == switch && ! ${!_FLAG_VARS[$i]} =~ ^[01]$ ]]; then
+      die "env ${_FLAG_VARS[$i]} must be 0 or 1 (got '${!_FLAG_VARS[$i]}')"
+    fi
+  done
 }
 
 # require VAR...: fails naming the flag and env var of every empty one.

@@ -184,10 +184,20 @@ def test_bad_arguments(sandbox, args, message):
   assert not sandbox[1].exists()
 
 
+def test_switch_env_must_be_0_or_1(sandbox):
+  proc = launch(sandbox, 'delete.sh', '--tpu=a', '--zone=z', extra_env={'DRY_RUN': 'yes'},
+                check_rc=2)
+  assert "env DRY_RUN must be 0 or 1 (got 'yes')" in proc.stderr
+  assert not sandbox[1].exists()
+  assert dry(sandbox, 'delete.sh', '--tpu=a', '--zone=z', extra_env={'ASSUME_YES': '1'}) == [
+      'gcloud compute tpus tpu-vm delete a --zone=z --quiet']
+
+
 def test_not_dry_run_executes_gcloud(sandbox):
   """The fake gcloud does record real runs (so the dry-run checks above can fail)."""
   proc = launch(sandbox, 'delete.sh', '--tpu=a', '--zone=z', '--yes')
-  assert sandbox[1].read_text() == 'gcloud [compute] [tpus] [tpu-vm] [delete] [a] [--zone=z] [--quiet]\n'
+  assert sandbox[1].read_text() == (
+      'gcloud [compute] [tpus] [tpu-vm] [delete] [a] [--zone=z] [--quiet]\n')
   assert '+ gcloud compute tpus tpu-vm delete a --zone=z --quiet' in proc.stderr
 
 
@@ -236,7 +246,8 @@ def test_setup_line_and_remote_script(sandbox):
              'if [ "$1" = clone ]; then mkdir -p "${@: -1}/.git"; fi\n')
   _write_exe(fake_bin / 'uv', RECORDER.format(name='uv') + (
       'if [ "$1" = venv ]; then mkdir -p "$4/bin"; '
-      'printf \'#!/bin/sh\\necho fake python "$@"\\n\' > "$4/bin/python"; chmod +x "$4/bin/python"; fi\n'))
+      'printf \'#!/bin/sh\\necho fake python "$@"\\n\' > "$4/bin/python"; '
+      'chmod +x "$4/bin/python"; fi\n'))
   for _ in range(2):
     proc = subprocess.run(['bash', '-c', script], env=env, cwd=env['HOME'], capture_output=True,
                           text=True)
@@ -278,12 +289,14 @@ def test_stage_data(sandbox, tmp_path):
 # -------------------------------------------------------------------------------------- run
 OVERRIDES = ['--config.optim.lr=0.001', '--config.name=Bo\'s "x" $HOME *']
 EXPECTED_JOB = ['-m', 'reid_jax.main', '--config=configs/baseline.py:market1501',
-                '--workdir=gs://bk/workdirs/bot', '--config.input.data_dir=/tmp/tensorflow_datasets',
+                '--workdir=gs://bk/workdirs/bot',
+                '--config.input.data_dir=/tmp/tensorflow_datasets',
                 *OVERRIDES, '--mode=eval', '--checkpoint=gs://bk/c d']
 
 
 def _run_line(sandbox, *args):
-  (line,) = dry(sandbox, 'run.sh', '--tpu=reid', '--zone=z', '--config=configs/baseline.py:market1501',
+  (line,) = dry(sandbox, 'run.sh', '--tpu=reid', '--zone=z',
+                '--config=configs/baseline.py:market1501',
                 '--workdir=gs://bk/workdirs/bot', OVERRIDES[0], *args, OVERRIDES[1], '--',
                 '--mode=eval', '--checkpoint=gs://bk/c d')
   return line
@@ -418,7 +431,8 @@ def test_gpu_single_process(sandbox, tmp_path):
   # A real run execs the job in the repository root.
   proc = launch(sandbox, 'gpu_single_node.sh', '--config=c', '--workdir=w', f'--venv={venv}',
                 '--skip-install', '--', '--mode=eval', '--checkpoint=a b')
-  assert proc.stdout == f'[{ROOT}][-m][reid_jax.main][--config=c][--workdir=w][--mode=eval][--checkpoint=a b]'
+  assert proc.stdout == (f'[{ROOT}][-m][reid_jax.main][--config=c][--workdir=w][--mode=eval]'
+                         '[--checkpoint=a b]')
 
 
 def test_gpu_multi_process_lines(sandbox):
