@@ -308,7 +308,7 @@ def _fake_checkout(home: pathlib.Path, sleep: float = 0) -> pathlib.Path:
   _write_exe(home / 'reid_jax' / '.venv' / 'bin' / 'python',
              f'#!/bin/bash\n{{ echo "REID_JAX_DISTRIBUTED=$REID_JAX_DISTRIBUTED"; '
              f'printf "%s\\n" "$@"; }} > {out}.tmp && mv {out}.tmp {out}\n'
-             f'echo job output\nsleep {sleep}\n')
+             f'echo job output\nexec sleep {sleep}\n')
   return out
 
 
