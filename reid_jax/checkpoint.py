@@ -19,11 +19,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from reid_jax import models
+from reid_jax import fileio, models
 
 
 def _manager(directory: str, **options) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(os.path.abspath(directory),
+  return ocp.CheckpointManager(fileio.resolve(directory),
                                options=ocp.CheckpointManagerOptions(**options))
 
 
@@ -40,7 +40,7 @@ def save_model(model: nnx.Module, directory: str, *, num_classes: int,
     mngr.save(step, args=ocp.args.Composite(
         model=ocp.args.StandardSave(nnx.state(model)), meta=ocp.args.JsonSave(meta)))
     mngr.wait_until_finished()
-  return os.path.join(os.path.abspath(directory), str(step))
+  return os.fspath(fileio.resolve(directory) / str(step))
 
 
 def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
@@ -101,7 +101,7 @@ class TrainCheckpointManager:
   """
 
   def __init__(self, directory: str, graphdef, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.resolve(directory)
     self.graphdef = graphdef
     self._mngr = _manager(self.directory, max_to_keep=keep,
                           enable_async_checkpointing=async_save, create=True)
@@ -131,14 +131,28 @@ class TrainCheckpointManager:
             train=ocp.args.StandardRestore(train_target),
             data=grain.checkpoint.CheckpointRestore(data_iter)))
       except Exception as e:  # noqa: BLE001  (any unreadable step: fall back to an older one)
-        logging.warning('checkpoint step %d in %s is unreadable (%s: %s); trying the previous '
-                        'one', step, self.directory, type(e).__name__, e)
+        logging.warning('checkpoint step %d in %s is unreadable (%s: %s); moving it aside and '
+                        'trying the previous one', step, self.directory, type(e).__name__, e)
+        self._quarantine(step)
         continue
       model = nnx.merge(self.graphdef, state['params'], state['rest'])
       nnx.update(model, restored.model)
       _, params, rest = nnx.split(model, nnx.Param, ...)
       return {'params': params, 'rest': rest, **restored.train}, step
     return state, 0
+
+  def _quarantine(self, step: int) -> None:
+    """Renames an unreadable step to ``corrupt-<step>-<time>`` so it is neither restored nor in
+    the way when training saves that step again."""
+    import time
+    if jax.process_index() == 0:
+      src = self.directory / str(step)
+      if src.exists():
+        src.rename(self.directory / f'corrupt-{step}-{int(time.time())}')
+    multihost_sync = getattr(ocp, 'multihost', None)
+    if jax.process_count() > 1 and multihost_sync is not None:
+      multihost_sync.sync_global_processes(f'reid_jax_quarantine_{step}')
+    self._mngr.reload()
 
   def reached_preemption(self, step: int) -> bool:
     return self._mngr.reached_preemption(step)

@@ -13,7 +13,6 @@ for evaluation and for checkpoints.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import time
@@ -30,6 +29,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from reid_jax import checkpoint as ckpt_lib
+from reid_jax import fileio
 from reid_jax import models, optim
 from reid_jax.models import registry
 
@@ -214,10 +214,14 @@ class _LazyImages:
     return self._cache[j]
 
 
-def write_pictures(directory, config, data_dir, results, query, gallery) -> None:
+def write_pictures(target_dir, config, data_dir, results, query, gallery) -> None:
+  with fileio.LocalStaging(target_dir) as directory:
+    _draw_pictures(directory, config, data_dir, results, query, gallery)
+
+
+def _draw_pictures(directory, config, data_dir, results, query, gallery) -> None:
   from reid_jax import data, evaluation
   from reid_jax.evaluation import visualize
-  os.makedirs(directory, exist_ok=True)
   qf, qp, qc, qi = query
   gf, gp, gc, gi = gallery
   n = min(config.eval.pictures, len(qf))
@@ -241,13 +245,6 @@ def summary(results: dict[str, Any], prefix: str = '') -> dict[str, float]:
   if 'reranked' in results:
     out.update(summary(results['reranked'], prefix + 'rerank_'))
   return out
-
-
-def write_json_atomic(obj, path: str) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
 
 
 def ensure_prepared(dataset: str, data_dir: str | None) -> str:
@@ -302,8 +299,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   from reid_jax import data
 
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fileio.resolve(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   data_dir = config.input.get('data_dir')
   ensure_prepared(config.input.dataset, data_dir)
   info = data.dataset_info(config.input, data_dir=data_dir)
@@ -325,21 +322,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                      process_count=jax.process_count(),
                                      num_epochs=config.num_epochs, data_dir=data_dir)
     manager = ckpt_lib.TrainCheckpointManager(
-        os.path.join(workdir, 'checkpoints'), graphdef, keep=config.checkpoint.keep,
+        workdir / 'checkpoints', graphdef, keep=config.checkpoint.keep,
         async_save=config.checkpoint.get('async_save', True))
     state, start_step = manager.restore_latest(state, train_iter)
     if start_step:
       logging.info('resumed from step %d', start_step)
 
     writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-    jsonl = None if jax.process_index() > 0 else open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+        os.fspath(workdir), just_logging=jax.process_index() > 0, asynchronous=False)
+    jsonl = fileio.JsonlLog(workdir / 'metrics.jsonl') if jax.process_index() == 0 else None
     hooks = []
     if jax.process_index() == 0:
       hooks.append(periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                                    every_steps=config.log_every_steps))
       if config.get('profile'):
-        hooks.append(periodic_actions.Profile(logdir=workdir, num_profile_steps=5))
+        hooks.append(periodic_actions.Profile(logdir=os.fspath(workdir), num_profile_steps=5))
     meta = {'num_classes': info.num_classes, 'model': config.model.to_dict()}
 
     def save(step, force=False):
@@ -365,8 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           t0, seen = time.time(), 0
           writer.write_scalars(step, scalars)
           if jsonl:
-            jsonl.write(json.dumps({'step': step, **scalars}) + '\n')
-            jsonl.flush()
+            jsonl.write({'step': step, **scalars})
         end_of_epoch = step == int(epoch_ends[epoch])
         if preemption.requested or manager.reached_preemption(step):
           save(step, force=True)
@@ -384,14 +380,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     final = {'step': step}
     if config.eval.at_end:
       results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir,
-                               pictures_dir=os.path.join(workdir, 'pictures'))
+                               pictures_dir=workdir / 'pictures')
       final.update(summary(results))
     writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
     writer.flush()
     if jax.process_index() == 0:
-      write_json_atomic(final, os.path.join(workdir, 'metrics.json'))
-    if jsonl:
-      jsonl.close()
+      fileio.write_json_atomic(final, workdir / 'metrics.json')
     train_iter_close = getattr(train_iter, 'close', None)
     if train_iter_close:
       train_iter_close()
@@ -400,16 +394,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def evaluate_checkpoint(config, checkpoint_dir: str, workdir: str) -> dict[str, Any]:
   """``--mode=eval``: metrics of a checkpoint on ``config.input.dataset``, written as JSON."""
-  workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = fileio.resolve(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
   data_dir = config.input.get('data_dir')
   ensure_prepared(config.input.dataset, data_dir)
   mesh = make_mesh(config)
   with jax.set_mesh(mesh):
     model = ckpt_lib.restore_model(config.model, checkpoint_dir)
     results = evaluate_model(model, config, mesh, data_dir=data_dir,
-                             pictures_dir=os.path.join(workdir, 'pictures'))
+                             pictures_dir=workdir / 'pictures')
   final = summary(results)
   if jax.process_index() == 0:
-    write_json_atomic(final, os.path.join(workdir, 'eval_metrics.json'))
+    fileio.write_json_atomic(final, workdir / 'eval_metrics.json')
   return final

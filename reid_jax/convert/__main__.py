@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from reid_jax import checkpoint, models
+from reid_jax import checkpoint, fileio, models
 from reid_jax.convert import load_torch_checkpoint, load_torch_weights
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Model config file (configs/*.py).',
@@ -39,8 +39,8 @@ def main(argv):
                      ('--out', _OUT.value)):
     if flag is None:
       raise app.UsageError(f'{name} is required')
-  out = os.path.abspath(_OUT.value)
-  if os.path.exists(out) and os.listdir(out):
+  out = fileio.resolve(_OUT.value)
+  if out.exists() and any(out.iterdir()):
     raise app.UsageError(f'--out={out} exists and is not empty; choose a new directory')
   state_dict = load_torch_checkpoint(_TORCH_CHECKPOINT.value)
   num_classes = classifier_rows(state_dict, config.model)
