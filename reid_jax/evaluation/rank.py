@@ -57,6 +57,20 @@ def _labels(name: str, x, n: int | None = None) -> np.ndarray:
   return x.astype(np.int32)
 
 
+def check_labels(nq: int, ng: int, q_pids, g_pids, q_camids, g_camids):
+  """Validated ``(q_pids, q_camids, g_pids, g_camids)`` as int arrays of lengths Q and G."""
+  return (_labels('q_pids', q_pids, nq), _labels('q_camids', q_camids, nq),
+          _labels('g_pids', g_pids, ng), _labels('g_camids', g_camids, ng))
+
+
+def check_distmat(distmat) -> tuple[int, int]:
+  """``(Q, G)`` of a ``[Q, G]`` distance matrix, or a ValueError."""
+  shape = getattr(distmat, 'shape', None)
+  if shape is None or len(shape) != 2:
+    raise ValueError(f'distmat must be a [Q, G] matrix, got {shape if shape is not None else type(distmat)}')
+  return int(shape[0]), int(shape[1])
+
+
 def check_ap(ap: str) -> str:
   if ap not in AP_KINDS:
     raise ValueError(f"ap must be one of {AP_KINDS}, got {ap!r}")
@@ -278,11 +292,8 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
   Rows are processed ``block_size`` at a time; with ``mesh`` each block is sharded over 'data'.
   """
   check_ap(ap)
-  if not hasattr(distmat, 'shape') or len(distmat.shape) != 2:
-    raise ValueError(f'distmat must be a [Q, G] matrix, got {getattr(distmat, "shape", type(distmat))}')
-  nq, ng = distmat.shape
-  q_pids, q_camids = _labels('q_pids', q_pids, nq), _labels('q_camids', q_camids, nq)
-  g_pids, g_camids = _labels('g_pids', g_pids, ng), _labels('g_camids', g_camids, ng)
+  nq, ng = check_distmat(distmat)
+  q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   max_rank = _clamp_max_rank(max_rank, ng)
   plan = _Plan(q_pids, g_pids, q_camids, g_camids, block_size, mesh)
   if isinstance(distmat, jax.Array):
@@ -322,8 +333,7 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
     raise ValueError(f'q_feats and g_feats must be [Q, D] and [G, D] with one D, got '
                      f'{q_feats.shape} and {g_feats.shape}')
   nq, ng = q_feats.shape[0], g_feats.shape[0]
-  q_pids, q_camids = _labels('q_pids', q_pids, nq), _labels('q_camids', q_camids, nq)
-  g_pids, g_camids = _labels('g_pids', g_pids, ng), _labels('g_camids', g_camids, ng)
+  q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   if rerank:
     from reid_jax.evaluation import rerank as rr  # noqa: PLC0415
     distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric)
@@ -383,11 +393,8 @@ def cuhk03_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 
   Small datasets only: works on the whole ``[Q, G]`` matrix (``num_repeats`` copies in flight).
   """
   d = np.asarray(distmat, np.float32)
-  if d.ndim != 2:
-    raise ValueError(f'distmat must be a [Q, G] matrix, got shape {d.shape}')
-  nq, ng = d.shape
-  q_pids, q_camids = _labels('q_pids', q_pids, nq), _labels('q_camids', q_camids, nq)
-  g_pids, g_camids = _labels('g_pids', g_pids, ng), _labels('g_camids', g_camids, ng)
+  nq, ng = check_distmat(d)
+  q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   if num_repeats < 1:
     raise ValueError(f'num_repeats must be >= 1, got {num_repeats}')
   full = rank_metrics(d, q_pids, g_pids, q_camids, g_camids, max_rank, ap)

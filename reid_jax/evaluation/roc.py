@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from reid_jax.evaluation.rank import _labels
+from reid_jax.evaluation.rank import check_distmat, check_labels
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -65,11 +65,8 @@ def tpr_at_fpr(distmat, q_pids, g_pids, q_camids, g_camids, fprs=DEFAULT_FPRS) -
   fraction in [0, 1]. Raises ValueError when there is no genuine or no impostor pair.
   """
   d = jnp.asarray(distmat, jnp.float32)
-  if d.ndim != 2:
-    raise ValueError(f'distmat must be a [Q, G] matrix, got shape {d.shape}')
-  nq, ng = d.shape
-  q_pids, q_camids = _labels('q_pids', q_pids, nq), _labels('q_camids', q_camids, nq)
-  g_pids, g_camids = _labels('g_pids', g_pids, ng), _labels('g_camids', g_camids, ng)
+  nq, ng = check_distmat(d)
+  q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   fprs_np = np.asarray(fprs, np.float32).reshape(-1)
   if fprs_np.size == 0 or np.any((fprs_np <= 0) | (fprs_np > 1)):
     raise ValueError(f'fprs must be values in (0, 1], got {fprs}')
