@@ -24,7 +24,7 @@ def get_config(arg=None):
   config.model.stem_relu = False     # APNet's backbone (BoT lineage) has no ReLU after the stem BN
   config.model.level = args.level    # 0 = BoT, 1 = SE only, 2 = official, 3 needs pyramid='paper'
   config.model.attention = args.attention  # 'channel' (APNet-C) or 'spatial' (APNet-S, our design)
-  config.model.pyramid = args.pyramid      # split counts per level: 'official' (L) or 'paper' (1/2/4)
+  config.model.pyramid = args.pyramid      # splits per level: official (L) or paper (1/2/4)
   config.model.se_hidden = 8               # SE hidden width, 8 in every official stage
   config.model.logits_as_feature = args.dataset == 'msmt17'  # official APNET.MSMT quirk
 

@@ -8,7 +8,6 @@ Parity bound: max |diff| <= 1e-4 * max |reference| in float32, random weights an
 import importlib.util
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
