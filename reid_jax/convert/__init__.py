@@ -110,6 +110,7 @@ class LoadReport:
   loaded: list[str]
   unused: list[str]
   excluded: list[str]
+  aliases_checked: list[str] = dataclasses.field(default_factory=list)
 
   def __str__(self) -> str:
     s = f'loaded {len(self.loaded)} tensors'
@@ -139,10 +140,18 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   initial value (e.g. ``('classifier.*',)`` when fine-tuning on a dataset with other classes).
   ``num_batches_tracked`` entries are ignored. ``model`` may be abstract (``nnx.eval_shape``):
   when the key map covers every variable, loading makes it concrete without a random init.
+
+  Duplicate keys the architecture declares (``keymaps.register_aliases``, e.g. APNet's
+  ``base_k.*``) must, where present, equal their canonical tensor exactly, otherwise a
+  ``ValueError`` names both keys; an alias is skipped when it or its canonical key is excluded.
   """
   targets = keymaps.keymap_for(model)
-  excluded = sorted(k for k in targets if any(fnmatch.fnmatchcase(k, p) for p in exclude))
+  aliases = keymaps.aliases_for(model)
+  is_excluded = lambda k: any(fnmatch.fnmatchcase(k, p) for p in exclude)  # noqa: E731
+  excluded = sorted(k for k in targets if is_excluded(k))
   wanted = {k: t for k, t in targets.items() if k not in excluded}
+  aliases_checked = _check_aliases(state_dict, {
+      a: c for a, c in aliases.items() if c in wanted and not is_excluded(a)})
   missing = sorted(k for k in wanted if k not in state_dict)
   if missing:
     raise KeyError(f'checkpoint lacks {len(missing)} key(s) the model needs: '
@@ -163,6 +172,27 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
     updates.append((target.variable, jnp.asarray(np.array(converted, dtype=current.dtype))))
   for variable, value in updates:  # assign only once everything is known to fit
     variable.set_value(value)
-  unused = sorted(k for k in state_dict
-                  if k not in targets and not k.endswith('num_batches_tracked'))
-  return LoadReport(loaded=sorted(wanted), unused=unused, excluded=excluded)
+  unused = sorted(k for k in state_dict if k not in targets and k not in aliases
+                  and not k.endswith('num_batches_tracked'))
+  return LoadReport(loaded=sorted(wanted), unused=unused, excluded=excluded,
+                    aliases_checked=aliases_checked)
+
+
+def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> list[str]:
+  """Checks that each alias present in ``state_dict`` is an exact copy of its canonical key."""
+  checked = []
+  for alias, canonical in sorted(aliases.items()):
+    if alias not in state_dict or canonical not in state_dict:
+      continue  # a missing canonical key is reported by the caller; a missing alias is fine
+    a, c = np.asarray(state_dict[alias]), np.asarray(state_dict[canonical])
+    if a.shape != c.shape:
+      raise ValueError(f'checkpoint key {alias!r} must duplicate {canonical!r} but has shape '
+                       f'{tuple(a.shape)} instead of {tuple(c.shape)}')
+    if not np.array_equal(a, c, equal_nan=np.issubdtype(a.dtype, np.inexact)):
+      diff = np.abs(a.astype(np.float64) - c.astype(np.float64))
+      raise ValueError(f'checkpoint key {alias!r} must duplicate {canonical!r} (the same tensor '
+                       f'saved twice) but differs: {int(np.count_nonzero(diff))} of {a.size} '
+                       f'values, max |diff| {float(diff.max()):.3g}. The checkpoint is '
+                       f'inconsistent; pass exclude=[{alias!r}] to skip this check')
+    checked.append(alias)
+  return checked

@@ -3,6 +3,11 @@
 A key map is a function ``model -> dict[str, Target]``. The converter core (``reid_jax.convert``)
 checks shapes, transposes by kind and assigns; key maps only name things. Register a new method's
 map with ``@register(ModelClass)``.
+
+Some checkpoints store the same tensor under two names (APNet's ``base_1.*`` ... ``base_5.*`` are
+the modules of ``base.*`` registered twice). ``@register_aliases(ModelClass)`` declares such
+duplicates as ``{alias_key: canonical_key}``; the converter core then checks that every alias
+present in a checkpoint equals its canonical tensor, and does not report it as unused.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from typing import Callable
 
 from flax import nnx
 
+from reid_jax.models.apnet import APNet
 from reid_jax.models.bot import Baseline
 from reid_jax.models.layers import IBN, BatchNorm
 from reid_jax.models.resnet import ResNet
@@ -22,7 +28,9 @@ LINEAR = 'linear'  # (out, in) -> (in, out)
 VECTOR = 'vector'  # unchanged
 
 KeyMap = dict[str, 'Target']
+Aliases = dict[str, str]  # duplicate checkpoint key -> the canonical key it must equal
 _KEYMAPS: dict[type, Callable[[nnx.Module], KeyMap]] = {}
+_ALIASES: dict[type, Callable[[nnx.Module], Aliases]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +44,34 @@ def register(model_cls: type):
     _KEYMAPS[model_cls] = fn
     return fn
   return wrap
+
+
+def register_aliases(model_cls: type):
+  """Decorator: ``@register_aliases(Model) def f(model) -> {alias_key: canonical_key}``."""
+  def wrap(fn):
+    _ALIASES[model_cls] = fn
+    return fn
+  return wrap
+
+
+def aliases_for(model: nnx.Module) -> Aliases:
+  """The model's duplicate-key declarations (empty for most architectures)."""
+  for cls in type(model).__mro__:
+    if cls in _ALIASES:
+      return _ALIASES[cls](model)
+  return {}
+
+
+def prefix_aliases(keys, renames: dict[str, str]) -> Aliases:
+  """``{alias: canonical}`` for every canonical key in ``keys`` that starts with a prefix in
+  ``renames`` (canonical prefix -> alias prefix), e.g. ``{'base.conv1.': 'base_1.0.'}``."""
+  out = {}
+  for key in keys:
+    for prefix, alias_prefix in renames.items():
+      if key.startswith(prefix):
+        out[alias_prefix + key[len(prefix):]] = key
+        break
+  return out
 
 
 def keymap_for(model: nnx.Module) -> KeyMap:
@@ -101,3 +137,47 @@ def bnneck_keys(head) -> KeyMap:
 def baseline_keys(model: Baseline) -> KeyMap:
   """reid-strong-baseline checkpoint: ``base.*`` + ``bottleneck.*`` + ``classifier.weight``."""
   return {**resnet_keys(model.base, 'base.'), **bnneck_keys(model.head)}
+
+
+def _apnet_level_names(level: int, k: int) -> tuple[str, str]:
+  """Official names of the level-``level`` SAMS and its BN2d after stage ``k`` (1-based):
+  level 2 -> ``att_s{k}``, ``BN{k}``; level 3 -> ``att_ss{k}``, ``BN_{k}``; and so on."""
+  return f'att_{"s" * (level - 1)}{k}.', f'BN{"_" * (level - 2)}{k}.bottleneck2.'
+
+
+@register(APNet)
+def apnet_keys(model: APNet) -> KeyMap:
+  """CHENGY12/APNet checkpoint (methods.md §2.8): ``base.*`` (§0.3), per stage k = 1..5
+  ``att{k}.fc.{0,2}.weight`` (SE), ``att_s{k}.{fc1,bn1,fc2}.*`` + ``BN{k}.bottleneck2.*`` (level 2),
+  ``att_ss{k}.*`` + ``BN_{k}.*`` (level 3), then ``bottleneck.*`` and ``classifier.weight``. The
+  ``base_1.*`` ... ``base_5.*`` duplicates are declared in ``apnet_aliases``."""
+  if model.attention != 'channel':
+    raise ValueError('APNet-S (config.model.attention=\'spatial\') has no official PyTorch '
+                     'checkpoint layout (the official code is APNet-C only); load a backbone with '
+                     'load_torch_weights(model.base, state_dict) instead')
+  out = resnet_keys(model.base, 'base.')
+  for k, stage in enumerate(model.pyramid, start=1):
+    levels = range(len(stage.splits), 1, -1)  # the SAMS levels, finest first (as applied)
+    for level, sams, bn in zip(levels, stage.sams, stage.bns):
+      att, bn_prefix = _apnet_level_names(level, k)
+      out.update(conv_keys(att + 'fc1.', sams.fc1))
+      out.update(bn_keys(att + 'bn1.', sams.bn1))
+      out.update(conv_keys(att + 'fc2.', sams.fc2))
+      out.update(bn_keys(bn_prefix, bn))
+    if stage.se is not None:
+      out.update(linear_keys(f'att{k}.fc.0.', stage.se.fc1))
+      out.update(linear_keys(f'att{k}.fc.2.', stage.se.fc2))
+  out.update(bnneck_keys(model.head))
+  return out
+
+
+# APNet regroups its backbone as base_1 = (conv1, bn1, maxpool), base_2..base_5 = (layer1..layer4,)
+# on top of keeping it as ``base``: the state_dict holds both names for the same tensors.
+APNET_BASE_ALIASES = {'base.conv1.': 'base_1.0.', 'base.bn1.': 'base_1.1.',
+                      'base.layer1.': 'base_2.0.', 'base.layer2.': 'base_3.0.',
+                      'base.layer3.': 'base_4.0.', 'base.layer4.': 'base_5.0.'}
+
+
+@register_aliases(APNet)
+def apnet_aliases(model: APNet) -> Aliases:
+  return prefix_aliases(resnet_keys(model.base, 'base.'), APNET_BASE_ALIASES)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reid_jax.models import apnet  # noqa: F401  (registers 'apnet')
 from reid_jax.models import bot  # noqa: F401  (registers 'baseline')
 from reid_jax.models.registry import get_builder, get_loss, names, register  # noqa: F401
 from reid_jax.models.resnet import ResNet  # noqa: F401

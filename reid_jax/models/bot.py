@@ -66,7 +66,7 @@ def build_baseline(model_config, num_classes: int, *, rngs: nnx.Rngs) -> Baselin
                   neck_feat=model_config.get('neck_feat', 'after'), rngs=rngs)
 
 
-@registry.register_loss('baseline')
+@registry.register_loss('baseline', 'apnet')
 def bnneck_loss(outputs, labels, loss_config, centers=None):
   """BoT/APNet loss: label-smoothed CE on the logits + batch-hard triplet on the pre-BN feature
   (+ ``center_weight`` x center loss on it). methods.md §1.2, §2.3."""

@@ -86,7 +86,9 @@ class ResNet(nnx.Module):
     dtype: compute dtype (parameters stay float32).
 
   ``__call__(x)`` maps ``[B, H, W, 3]`` to the ``layer4`` map ``[B, H/16, W/16, C]`` (last stride
-  1), or with ``return_stages=True`` to ``[stem, layer1, layer2, layer3, layer4]``.
+  1), or with ``return_stages=True`` to ``[stem, layer1, layer2, layer3, layer4]``. ``stem(x)`` and
+  ``stage(i, x)`` run the groups one at a time (``stage_channels[i]`` channels out), for methods
+  that insert modules between them.
   """
 
   def __init__(self, depth: int = 50, *, last_stride: int = 1, stem_relu: bool = True,
@@ -119,20 +121,42 @@ class ResNet(nnx.Module):
       self.stage_channels.append(in_ch)
     self.out_features = in_ch
 
-  def __call__(self, x: Array, *, return_stages: bool = False):
+  num_stages = 5  # stem, layer1, layer2, layer3, layer4
+
+  def stem(self, x: Array) -> Array:
+    """conv1 -> bn1 (-> ReLU if ``stem_relu``) -> maxpool: ``[B, H, W, 3] -> [B, H/4, W/4, width]``.
+
+    Casts the input to the compute dtype first.
+    """
     if self.dtype is not None:
       x = x.astype(self.dtype)
     x = self.bn1(self.conv1(x))
     if self.stem_relu:
       x = jax.nn.relu(x)
     if self.maxpool_ceil_mode:
-      x = max_pool(x, 3, 2, padding=0, ceil_mode=True)
-    else:
-      x = max_pool(x, 3, 2, padding=1)
-    stages = [x]
-    for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-      for block in layer:
-        x = block(x)
+      return max_pool(x, 3, 2, padding=0, ceil_mode=True)
+    return max_pool(x, 3, 2, padding=1)
+
+  def stage(self, index: int, x: Array) -> Array:
+    """Runs one of the ``num_stages`` groups ``[stem, layer1, layer2, layer3, layer4]``.
+
+    ``stage(0, image [B, H, W, 3])`` is ``stem``; ``stage(i, x)`` for i = 1..4 runs the blocks of
+    ``layer{i}`` on the previous stage's map ``[B, h, w, stage_channels[i - 1]]`` and returns
+    ``[B, h', w', stage_channels[i]]``. Methods that insert modules between stages (APNet) call
+    this in a loop; ``__call__`` is the same loop without insertions.
+    """
+    if index == 0:
+      return self.stem(x)
+    if not 1 <= index < self.num_stages:
+      raise ValueError(f'ResNet stage index must be 0..{self.num_stages - 1}, got {index}')
+    for block in getattr(self, f'layer{index}'):
+      x = block(x)
+    return x
+
+  def __call__(self, x: Array, *, return_stages: bool = False):
+    stages = []
+    for i in range(self.num_stages):
+      x = self.stage(i, x)
       stages.append(x)
     return stages if return_stages else x
 
