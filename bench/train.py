@@ -125,6 +125,11 @@ class RssSampler:
     self._thread.join()
 
 
+def log(msg):
+  """Progress on stderr (stdout is the JSON)."""
+  print(f'[bench/train.py {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+
 def ru_maxrss_gib() -> float:
   scale = 1 if platform.system() == 'Darwin' else 1024  # bytes on macOS, KiB on Linux
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
@@ -382,6 +387,8 @@ def parse_args(argv=None):
   ap.add_argument('--same_init', default=True, action=argparse.BooleanOptionalAction,
                   help='start reid_jax from the torch model\'s weights (converted), so both sides '
                   'compute the same losses: first_loss / last_loss agree (a semantics check)')
+  ap.add_argument('--torch_threads', type=int, default=0,
+                  help="torch.set_num_threads (0: torch's default, one per core)")
   ap.add_argument('--num_batches', type=int, default=2, help='distinct synthetic batches cycled')
   ap.add_argument('--quick', action='store_true',
                   help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32, 1 warm-up, 2 steps')
@@ -437,6 +444,8 @@ def main(argv=None):
                         'torch': torch.__version__, 'cpu_count': os.cpu_count(),
                         'machine': platform.machine()}
 
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   want_jax = args.side in ('both', 'jax')
   want_torch = args.side in ('both', 'torch')
   if want_torch and spec.torch_builder is None:
@@ -480,6 +489,8 @@ def main(argv=None):
       rss0 = sampler.mark()
       t = time.perf_counter()
       side = JaxSide(config, args.num_classes, batches, torch_state_dict=sd)
+      log(f"jax: init {side.info['init_s']:.1f} s, lower {side.info['lower_s']:.1f} s, "
+          f"compile {side.info['compile_s']:.1f} s")
       side.info['first_call_s'] = side.step()  # the jitted call after AOT (cache hit: ~a step)
       side.info['first_loss'] = side.last_loss
       warm = [side.step() for _ in range(max(args.warmup - 1, 0))]
@@ -493,6 +504,7 @@ def main(argv=None):
       side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last)
       del torch_model
       warm = [side.step() for _ in range(max(args.warmup, 1))]
+      log(f'torch: warm-up steps {[round(x, 2) for x in warm]} s')
       side.info['init_s'] = torch_build_s
       side.info['first_loss'] = side.first_loss
       side.info['first_step_s'] = warm[0]
@@ -507,6 +519,7 @@ def main(argv=None):
       order = sides if i % 2 == 0 else sides[::-1]
       for s in order:
         times[s.name].append(s.step())
+        log(f'{s.name}: timed step {i + 1}/{args.steps}: {times[s.name][-1]:.3f} s')
     peak_all = sampler.peak()
   finally:
     sampler.stop()
