@@ -1,0 +1,568 @@
+"""Training-step benchmark: the real reid_jax train step against the same model and step in
+PyTorch, in the same run, printing JSON.
+
+  python bench/train.py                               # BoT R50, 256x128, batch 64 (P16 x K4)
+  python bench/train.py --depth=18 --width=16 --steps=5 --warmup=2   # narrow, quick on a CPU
+  python bench/train.py --quick                       # tiny model, 1 step: a smoke run
+  python bench/train.py --dtype=bfloat16              # bf16 compute (torch: autocast / AMP)
+
+What is measured, per side, on the same synthetic batches (random normalised images, P x K
+labels):
+* reid_jax: ``reid_jax.train.init_state`` + ``make_train_step`` (the jitted, donated step that
+  ``train_and_evaluate`` runs: forward, CE-LS + batch-hard triplet, backward, Adam with coupled
+  L2, BN statistics). Compile: AOT ``lower`` + ``compile`` of that step, reported separately; the
+  timed calls go through the jitted function itself (its cache holds the AOT executable, which
+  ``first_call_s`` shows).
+* PyTorch: ``tests.torch_reference.TorchBoT`` (same architecture), the same losses written in
+  torch, ``torch.optim.Adam(weight_decay=...)`` (coupled L2, parameter groups as BoT builds them),
+  eager mode. On CUDA: AMP (fp16 + GradScaler by default, ``--torch_amp``) and channels_last, the
+  baseline of the issue's target ("1.3x PyTorch AMP channels-last at equal batch").
+Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
+alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
+of ``--steps`` steps, each synchronised (``block_until_ready`` / ``cuda.synchronize``);
+images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s.
+
+Memory: host RSS sampled every 5 ms (psutil): per side, the peak over its build + compile +
+warm-up minus the RSS before it was built (jax is built and warmed up first, torch second, so the
+torch number can be low if it reuses memory the allocator kept from jax: run ``--side=torch`` /
+``--side=jax`` for isolated figures, where ``ru_maxrss`` is that side's alone); XLA's own
+``memory_analysis`` of the compiled step (device-independent buffer sizes); device memory stats
+where the backend has them (GPU: ``peak_bytes_in_use``; torch: ``max_memory_allocated``).
+
+Models: ``MODELS`` maps a name to its config file and PyTorch builder; adding a method is one
+entry (a method without a config file here is skipped with a note).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+GIB = 2.0**30
+
+
+# ------------------------------------------------------------------------------- registry
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  config_file: str                   # relative to the repository root; get_config(config_arg)
+  config_arg: str | None = None
+  torch_builder: Callable | None = None  # (config, num_classes) -> nn.Module, or None: jax only
+  note: str = ''
+
+
+def _torch_bot(config, num_classes):
+  from tests.torch_reference import TorchBoT
+  m = config.model
+  return TorchBoT(num_classes, neck_feat=m.neck_feat, depth=m.depth, last_stride=m.last_stride,
+                  ceil_mode=m.maxpool_ceil_mode, ibn=m.ibn, width=m.width)
+
+
+MODELS: dict[str, ModelSpec] = {
+    'baseline': ModelSpec('configs/baseline.py', torch_builder=_torch_bot),
+    # APNet: no PyTorch reference module yet (tests/torch_reference.py); jax side only.
+    'apnet': ModelSpec('configs/apnet.py', torch_builder=None,
+                       note='no PyTorch APNet reference in tests/torch_reference.py'),
+}
+
+
+def load_config(name: str):
+  if name not in MODELS:
+    raise SystemExit(f'--model={name!r}: unknown; known: {sorted(MODELS)}')
+  spec = MODELS[name]
+  path = os.path.join(ROOT, spec.config_file)
+  if not os.path.exists(path):
+    return None, spec
+  module_spec = importlib.util.spec_from_file_location(f'_bench_config_{name}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(spec.config_arg), spec
+
+
+# ------------------------------------------------------------------------------- memory
+class RssSampler:
+  """Samples this process's RSS in a thread; ``window()`` returns the peak since ``mark()``."""
+
+  def __init__(self, interval=0.005):
+    import psutil
+    self._proc = psutil.Process()
+    self._interval = interval
+    self._peak = self.now()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+
+  def now(self) -> int:
+    return self._proc.memory_info().rss
+
+  def _run(self):
+    while not self._stop.wait(self._interval):
+      self._peak = max(self._peak, self.now())
+
+  def mark(self) -> int:
+    self._peak = now = self.now()
+    return now
+
+  def peak(self) -> int:
+    return max(self._peak, self.now())
+
+  def stop(self):
+    self._stop.set()
+    self._thread.join()
+
+
+def log(msg):
+  """Progress on stderr (stdout is the JSON)."""
+  print(f'[bench/train.py {time.strftime("%H:%M:%S")}] {msg}', file=sys.stderr, flush=True)
+
+
+def ru_maxrss_gib() -> float:
+  scale = 1 if platform.system() == 'Darwin' else 1024  # bytes on macOS, KiB on Linux
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / GIB
+
+
+# ------------------------------------------------------------------------------- data
+def synthetic_batches(n, p, k, h, w, num_classes, seed=0):
+  """``n`` batches of P x K labels (P distinct identities, K images each) and N(0, 1) images
+  (what a normalised image looks like), NHWC float32."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    ids = rng.choice(num_classes, size=p, replace=False)
+    out.append({'image': rng.standard_normal((p * k, h, w, 3), dtype=np.float32),
+                'label': np.repeat(ids, k).astype(np.int32)})
+  return out
+
+
+# ------------------------------------------------------------------------------- jax side
+class JaxSide:
+  name = 'jax'
+
+  def __init__(self, config, num_classes, batches, torch_state_dict=None):
+    import jax
+    import jax.numpy as jnp
+
+    from reid_jax import train
+    self.jax = jax
+    self.config = config
+    self.info: dict[str, Any] = {}
+    self.mesh = train.make_mesh(config)
+    self._mesh_ctx = jax.set_mesh(self.mesh)
+    self._mesh_ctx.__enter__()
+    t = time.perf_counter()
+    graphdef, self.state, tx = train.init_state(config, num_classes, self.mesh)
+    jax.block_until_ready(self.state)
+    self.info['init_s'] = time.perf_counter() - t
+    if torch_state_dict is not None:
+      self.state = _load_torch_init(graphdef, self.state, tx, self.mesh, torch_state_dict)
+    self.info['same_init_as_torch'] = torch_state_dict is not None
+    self.step_fn = train.make_train_step(graphdef, tx, config, self.mesh)
+    self.batches = [train.put_batch(self.mesh, b) for b in batches]
+    self.lr = jnp.float32(config.optim.lr)
+    t = time.perf_counter()
+    lowered = self.step_fn.lower(self.state, self.batches[0], self.lr)
+    self.info['lower_s'] = time.perf_counter() - t
+    t = time.perf_counter()
+    compiled = lowered.compile()
+    self.info['compile_s'] = time.perf_counter() - t
+    self.info['memory_analysis'] = _memory_analysis(compiled)
+    self._i = 0
+
+  def step(self) -> float:
+    batch = self.batches[self._i % len(self.batches)]
+    self._i += 1
+    t = time.perf_counter()
+    self.state, metrics = self.step_fn(self.state, batch, self.lr)
+    loss = float(metrics['loss'])  # waits for the step (the state is ready when the loss is)
+    self.jax.block_until_ready(self.state)
+    dt = time.perf_counter() - t
+    self.last_loss = loss
+    return dt
+
+  def device_memory(self) -> dict | None:
+    stats = self.jax.devices()[0].memory_stats()
+    if not stats:
+      return None
+    keys = ('peak_bytes_in_use', 'bytes_in_use', 'bytes_limit')
+    return {f'{k}_gib': stats[k] / GIB for k in keys if k in stats}
+
+  def describe(self) -> dict:
+    d = self.jax.devices()[0]
+    return {'platform': d.platform, 'device_kind': d.device_kind,
+            'device_count': self.jax.device_count(), 'dtype': self.config.model.dtype}
+
+
+def _load_torch_init(graphdef, state, tx, mesh, torch_state_dict):
+  """The train state of ``init_state`` with the PyTorch model's weights and BN statistics (and a
+  fresh optimizer state), so that both sides run the same numbers from the same start."""
+  import jax
+  from flax import nnx
+
+  from reid_jax import train
+  from reid_jax.convert import load_torch_weights
+  model = train.model_from_state(graphdef, jax.device_get(state))
+  report = load_torch_weights(model, torch_state_dict)
+  if getattr(report, 'unused', None):
+    raise SystemExit(f'bench/train.py: torch keys with no place in the jax model: {report.unused}')
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  new = dict(state, params=params, rest=rest, opt_state=tx.init(params))
+  if jax.tree.structure(new) != jax.tree.structure(state):
+    raise SystemExit('bench/train.py: the converted state does not match init_state\'s structure')
+  return jax.device_put(new, jax.tree.map(lambda x: train.param_sharding(mesh, x), new))
+
+
+def _memory_analysis(compiled) -> dict | None:
+  try:
+    m = compiled.memory_analysis()
+  except Exception:  # noqa: BLE001 (not every backend implements it)
+    return None
+  if m is None:
+    return None
+  out = {}
+  for k in ('argument_size_in_bytes', 'output_size_in_bytes', 'alias_size_in_bytes',
+            'temp_size_in_bytes', 'generated_code_size_in_bytes'):
+    v = getattr(m, k, None)
+    if v is not None:
+      out[k.replace('_in_bytes', '_gib')] = v / GIB
+  return out
+
+
+# ------------------------------------------------------------------------------- torch side
+def torch_cross_entropy_label_smooth(logits, labels, epsilon):
+  import torch
+  log_probs = torch.log_softmax(logits.float(), dim=1)
+  targets = torch.zeros_like(log_probs).scatter_(1, labels.unsqueeze(1), 1)
+  targets = (1 - epsilon) * targets + epsilon / logits.shape[1]
+  return (-targets * log_probs).mean(0).sum()
+
+
+def torch_triplet_batch_hard(feat, labels, margin):
+  """reid-strong-baseline ``TripletLoss``: euclidean_dist (clamp 1e-12, sqrt), hardest positive /
+  negative per anchor, ``MarginRankingLoss(margin)`` (or soft margin with ``margin=None``)."""
+  import torch
+  import torch.nn.functional as F
+  x = feat.float()
+  xx = x.pow(2).sum(1, keepdim=True)
+  dist = (xx + xx.t() - 2 * x @ x.t()).clamp(min=1e-12).sqrt()
+  same = labels[:, None] == labels[None, :]
+  dist_ap = dist.masked_fill(~same, float('-inf')).max(1).values
+  dist_an = dist.masked_fill(same, float('inf')).min(1).values
+  y = torch.ones_like(dist_an)
+  if margin is None:
+    return F.soft_margin_loss(dist_an - dist_ap, y)
+  return F.margin_ranking_loss(dist_an, dist_ap, y, margin=margin)
+
+
+def torch_optimizer(model, optim_config):
+  """BoT's ``make_optimizer``: one group per parameter, bias lr/decay by name, Adam coupled L2."""
+  import torch
+  c = optim_config
+  if c.name != 'adam':
+    raise SystemExit(f'bench/train.py: torch side implements Adam only, config has {c.name!r}')
+  groups = []
+  for key, value in model.named_parameters():
+    if not value.requires_grad:
+      continue
+    lr, wd = c.lr, c.weight_decay
+    if 'bias' in key:
+      lr, wd = c.lr * c.bias_lr_factor, c.weight_decay_bias
+    groups.append({'params': [value], 'lr': lr, 'weight_decay': wd})
+  return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), eps=1e-8)
+
+
+class TorchSide:
+  name = 'torch'
+
+  def __init__(self, config, model, batches, device, amp, channels_last):
+    import torch
+    self.torch = torch
+    self.device = torch.device(device)
+    self.info: dict[str, Any] = {}
+    t = time.perf_counter()
+    model = model.to(self.device)
+    if channels_last:
+      model = model.to(memory_format=torch.channels_last)
+    model.train()
+    self.model = model
+    self.opt = torch_optimizer(model, config.optim)
+    self.info['setup_s'] = time.perf_counter() - t
+    self.amp_dtype = {'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}[amp]
+    self.scaler = (torch.amp.GradScaler(self.device.type)
+                   if self.amp_dtype == torch.float16 else None)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    self.batches = []
+    for b in batches:
+      x = torch.from_numpy(b['image']).permute(0, 3, 1, 2).contiguous()
+      x = x.to(self.device).contiguous(memory_format=fmt)
+      y = torch.from_numpy(b['label']).long().to(self.device)
+      self.batches.append((x, y))
+    self.loss_config = config.loss
+    self.channels_last = channels_last
+    self.amp = amp
+    self._i = 0
+
+  def _sync(self):
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
+
+  def step(self) -> float:
+    torch = self.torch
+    x, y = self.batches[self._i % len(self.batches)]
+    self._i += 1
+    c = self.loss_config
+    margin = None if c.triplet_soft_margin else c.triplet_margin
+    self._sync()
+    t = time.perf_counter()
+    self.opt.zero_grad(set_to_none=True)
+    with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                        enabled=self.amp_dtype is not None):
+      logits, feat = self.model(x)
+    loss = (torch_cross_entropy_label_smooth(logits, y, c.ce_epsilon)
+            + torch_triplet_batch_hard(feat, y, margin))
+    if self.scaler is not None:
+      self.scaler.scale(loss).backward()
+      self.scaler.step(self.opt)
+      self.scaler.update()
+    else:
+      loss.backward()
+      self.opt.step()
+    self.last_loss = float(loss.detach())  # synchronises, as the jax side's float(loss)
+    if self._i == 1:
+      self.first_loss = self.last_loss
+    self._sync()
+    return time.perf_counter() - t
+
+  def device_memory(self) -> dict | None:
+    if self.device.type != 'cuda':
+      return None
+    return {'max_memory_allocated_gib': self.torch.cuda.max_memory_allocated() / GIB,
+            'max_memory_reserved_gib': self.torch.cuda.max_memory_reserved() / GIB}
+
+  def describe(self) -> dict:
+    torch = self.torch
+    d = {'device': str(self.device), 'amp': self.amp, 'channels_last': self.channels_last,
+         'num_threads': torch.get_num_threads(), 'mode': 'eager'}
+    if self.device.type == 'cuda':
+      d['device_name'] = torch.cuda.get_device_name(self.device)
+    return d
+
+
+# ------------------------------------------------------------------------------- main
+def parse_args(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--model', default='baseline', help=f'one of {sorted(MODELS)}')
+  ap.add_argument('--batch', type=int, default=64, help='global batch (P x K; K = --k)')
+  ap.add_argument('--k', type=int, default=4, help='images per identity (P = batch / k)')
+  ap.add_argument('--size', default='256x128', help='HxW in pixels')
+  ap.add_argument('--steps', type=int, default=10, help='timed steps per side')
+  ap.add_argument('--warmup', type=int, default=2, help='untimed steps per side (after compile)')
+  ap.add_argument('--depth', type=int, default=None, help='ResNet depth (default: the config)')
+  ap.add_argument('--width', type=int, default=None, help='stem width (default: the config, 64)')
+  ap.add_argument('--num_classes', type=int, default=751, help='classifier rows (Market: 751)')
+  ap.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'),
+                  help='reid_jax config.model.dtype; torch: bf16 autocast on CPU (--torch_amp=auto)')
+  ap.add_argument('--side', default='both', choices=('both', 'jax', 'torch'),
+                  help='run one side only (isolated peak RSS)')
+  ap.add_argument('--torch_device', default='auto', choices=('auto', 'cpu', 'cuda'),
+                  help="auto: cuda when jax runs on a GPU (an error if torch has no CUDA), else cpu")
+  ap.add_argument('--torch_amp', default='auto', choices=('auto', 'none', 'fp16', 'bf16'),
+                  help='auto: fp16 AMP on CUDA; on CPU bf16 autocast iff --dtype=bfloat16')
+  ap.add_argument('--channels_last', default='auto', choices=('auto', 'yes', 'no'),
+                  help='torch memory format; auto: channels_last on CUDA only')
+  ap.add_argument('--same_init', default=True, action=argparse.BooleanOptionalAction,
+                  help='start reid_jax from the torch model\'s weights (converted), so both sides '
+                  'compute the same losses: first_loss / last_loss agree (a semantics check)')
+  ap.add_argument('--torch_threads', type=int, default=0,
+                  help="torch.set_num_threads (0: torch's default, one per core)")
+  ap.add_argument('--num_batches', type=int, default=2, help='distinct synthetic batches cycled')
+  ap.add_argument('--quick', action='store_true',
+                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32, 1 warm-up, 2 steps')
+  ap.add_argument('--seed', type=int, default=0)
+  args = ap.parse_args(argv)
+  if args.quick:
+    args.depth, args.width = args.depth or 18, args.width or 8
+    args.batch, args.size, args.steps, args.warmup = 8, '64x32', 2, 1
+    args.num_classes = min(args.num_classes, 16)
+  return args
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  h, w = (int(v) for v in args.size.lower().split('x'))
+  if args.batch % args.k:
+    raise SystemExit(f'--batch={args.batch} is not a multiple of --k={args.k}')
+  p = args.batch // args.k
+  if p > args.num_classes:
+    raise SystemExit(f'P = {p} identities per batch > --num_classes={args.num_classes}')
+  if args.steps < 1:
+    raise SystemExit('--steps must be >= 1')
+
+  config, spec = load_config(args.model)
+  result: dict[str, Any] = {'model': args.model, 'batch': args.batch, 'p': p, 'k': args.k,
+                            'size': [h, w], 'steps': args.steps, 'warmup': args.warmup,
+                            'command': ' '.join(['bench/train.py'] + (sys.argv[1:] if argv is None
+                                                                      else list(argv)))}
+  if config is None:
+    result['skipped'] = f'{spec.config_file} does not exist (model {args.model!r} not added yet)'
+    print(json.dumps(result, indent=2))
+    return result
+  config.seed = args.seed
+  config.input.size = (h, w)
+  config.input.p, config.input.k = p, args.k
+  config.model.dtype = args.dtype
+  if args.depth:
+    config.model.depth = args.depth
+  if args.width:
+    config.model.width = args.width
+  result['model_config'] = {k: config.model[k] for k in ('name', 'depth', 'width', 'last_stride',
+                                                         'dtype')}
+  result['loss'] = {'ce_epsilon': config.loss.ce_epsilon,
+                    'triplet_margin': config.loss.triplet_margin,
+                    'center_weight': config.loss.center_weight}
+  result['optim'] = {'name': config.optim.name, 'weight_decay': config.optim.weight_decay,
+                     'lr': config.optim.lr}
+
+  import jax
+  import torch
+  result['versions'] = {'python': platform.python_version(), 'jax': jax.__version__,
+                        'jaxlib': getattr(jax.lib, '__version__', None) or _jaxlib_version(),
+                        'torch': torch.__version__, 'cpu_count': os.cpu_count(),
+                        'machine': platform.machine()}
+
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
+  want_jax = args.side in ('both', 'jax')
+  want_torch = args.side in ('both', 'torch')
+  if want_torch and spec.torch_builder is None:
+    result['torch_skipped'] = spec.note or 'no PyTorch builder for this model'
+    want_torch = False
+  jax_on_gpu = jax.devices()[0].platform == 'gpu'
+  torch_device = args.torch_device
+  if torch_device == 'auto':
+    torch_device = 'cuda' if jax_on_gpu else 'cpu'
+  if want_torch and torch_device == 'cuda' and not torch.cuda.is_available():
+    raise SystemExit(
+        'bench/train.py: the PyTorch baseline must run on CUDA (jax is on a GPU, or '
+        '--torch_device=cuda) but this torch has no CUDA '
+        f'(torch {torch.__version__}, torch.cuda.is_available() = False). Install a CUDA build '
+        'of torch, or pass --torch_device=cpu (not the issue\'s baseline) or --side=jax.')
+  amp = args.torch_amp
+  if amp == 'auto':
+    amp = 'fp16' if torch_device == 'cuda' else ('bf16' if args.dtype == 'bfloat16' else 'none')
+  channels_last = (args.channels_last == 'yes'
+                   or (args.channels_last == 'auto' and torch_device == 'cuda'))
+
+  batches = synthetic_batches(args.num_batches, p, args.k, h, w, args.num_classes, args.seed)
+  sampler = RssSampler()
+  rss_start = sampler.now()
+  sides = []
+  try:
+    torch_model = None
+    if want_torch:
+      # Built first so that the jax side can start from the same weights (--same_init).
+      rss0 = sampler.mark()
+      t = time.perf_counter()
+      torch.manual_seed(args.seed)
+      torch_model = spec.torch_builder(config, args.num_classes)
+      torch_build_s = time.perf_counter() - t
+      torch_build_rss = sampler.peak() - rss0
+    if want_jax:
+      sd = None
+      if want_torch and args.same_init:
+        from tests.torch_reference import numpy_state_dict
+        sd = numpy_state_dict(torch_model)
+      rss0 = sampler.mark()
+      t = time.perf_counter()
+      side = JaxSide(config, args.num_classes, batches, torch_state_dict=sd)
+      log(f"jax: init {side.info['init_s']:.1f} s, lower {side.info['lower_s']:.1f} s, "
+          f"compile {side.info['compile_s']:.1f} s")
+      side.info['first_call_s'] = side.step()  # the jitted call after AOT (cache hit: ~a step)
+      side.info['first_loss'] = side.last_loss
+      warm = [side.step() for _ in range(max(args.warmup - 1, 0))]
+      side.info['warmup_s'] = [side.info['first_call_s']] + warm
+      side.info['setup_total_s'] = time.perf_counter() - t
+      side.info['host_rss_added_gib'] = (sampler.peak() - rss0) / GIB
+      sides.append(side)
+    if want_torch:
+      rss0 = sampler.mark()
+      t = time.perf_counter()
+      side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last)
+      del torch_model
+      warm = [side.step() for _ in range(max(args.warmup, 1))]
+      log(f'torch: warm-up steps {[round(x, 2) for x in warm]} s')
+      side.info['init_s'] = torch_build_s
+      side.info['first_loss'] = side.first_loss
+      side.info['first_step_s'] = warm[0]
+      side.info['warmup_s'] = warm
+      side.info['setup_total_s'] = time.perf_counter() - t + torch_build_s
+      side.info['host_rss_added_gib'] = (sampler.peak() - rss0 + torch_build_rss) / GIB
+      sides.append(side)
+
+    # Timed steps, alternating sides (and which goes first), so shared-CPU noise hits both.
+    times = {s.name: [] for s in sides}
+    for i in range(args.steps):
+      order = sides if i % 2 == 0 else sides[::-1]
+      for s in order:
+        times[s.name].append(s.step())
+        log(f'{s.name}: timed step {i + 1}/{args.steps}: {times[s.name][-1]:.3f} s')
+    peak_all = sampler.peak()
+  finally:
+    sampler.stop()
+
+  for s in sides:
+    med = statistics.median(times[s.name])
+    out = {'images_per_s': args.batch / med, 'step_s_median': med,
+           'step_s_min': min(times[s.name]), 'step_s': times[s.name],
+           'last_loss': s.last_loss}
+    out.update(s.info)
+    out.update(s.describe())
+    out['device_memory'] = s.device_memory()
+    result[s.name] = out
+  result['host_rss'] = {'start_gib': rss_start / GIB, 'peak_gib': peak_all / GIB,
+                        'ru_maxrss_gib': ru_maxrss_gib()}
+  if 'jax' in result and 'torch' in result:
+    result['ratio_jax_over_torch'] = result['jax']['images_per_s'] / result['torch']['images_per_s']
+    if args.same_init:
+      # Same weights, batches and number of steps: the losses agree (fp32: closely at the first
+      # step; later steps drift by float rounding through Adam; bf16/fp16 looser).
+      result['loss_check'] = {
+          'same_init': True,
+          'first_step_abs_diff': abs(result['jax']['first_loss'] - result['torch']['first_loss']),
+          'last_step_abs_diff': abs(result['jax']['last_loss'] - result['torch']['last_loss'])}
+  print(json.dumps(result, indent=2, default=_json_default))
+  return result
+
+
+def _jaxlib_version():
+  try:
+    import jaxlib
+    return jaxlib.__version__
+  except Exception:  # noqa: BLE001
+    return None
+
+
+def _json_default(x):
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, tuple):
+    return list(x)
+  return str(x)
+
+
+if __name__ == '__main__':
+  main()

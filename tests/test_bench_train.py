@@ -1,0 +1,41 @@
+"""Smoke test of the training benchmark: ``bench/train.py --quick`` (ResNet-18 width 8, 64x32,
+batch 8, 1 warm-up + 2 timed steps per side) in its own process; the JSON has both sides' numbers.
+
+The process gets one CPU device (not the 8 simulated ones of conftest) and XLA flags that cut
+compile time (this checks the plumbing, not the speed)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_train_quick():
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+  t = time.time()
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'train.py'), '--quick'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  elapsed = time.time() - t
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert out['batch'] == 8 and out['p'] * out['k'] == 8
+  for side in ('jax', 'torch'):
+    r = out[side]
+    for key in ('images_per_s', 'step_s_median', 'host_rss_added_gib', 'last_loss', 'first_loss'):
+      assert r[key] > 0, (side, key, r[key])
+    assert len(r['step_s']) == 2
+  j = out['jax']
+  for key in ('lower_s', 'compile_s', 'first_call_s', 'init_s'):
+    assert j[key] > 0, (key, j[key])
+  assert j['device_count'] == 1 and j['platform'] == 'cpu'
+  assert out['torch']['amp'] == 'none'
+  assert out['ratio_jax_over_torch'] > 0
+  assert out['host_rss']['peak_gib'] > 0
+  # Same losses on both sides: with CE over 16 classes and a random net both start near ln(16) +
+  # a triplet term of a few tenths, never wildly apart.
+  assert abs(j['first_loss'] - out['torch']['first_loss']) < 3.0
+  print(f'bench/train.py --quick: {elapsed:.1f} s')
