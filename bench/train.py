@@ -72,11 +72,22 @@ def _torch_bot(config, num_classes):
                   ceil_mode=m.maxpool_ceil_mode, ibn=m.ibn, width=m.width)
 
 
+def _torch_apnet(config, num_classes):
+  from reid_jax.models.apnet import pyramid_splits
+  from tests.torch_reference_apnet import TorchAPNet
+  m = config.model
+  if m.attention != 'channel':
+    raise SystemExit('--model=apnet: the PyTorch reference covers APNet-C (attention=channel)')
+  return TorchAPNet(num_classes, level=m.level, splits=pyramid_splits(m.level, m.pyramid)[:-1],
+                    se_hidden=m.se_hidden, logits_as_feature=m.logits_as_feature,
+                    depth=m.depth, last_stride=m.last_stride, width=m.width)
+
+
 MODELS: dict[str, ModelSpec] = {
     'baseline': ModelSpec('configs/baseline.py', torch_builder=_torch_bot),
-    # APNet: no PyTorch reference module yet (tests/torch_reference.py); jax side only.
-    'apnet': ModelSpec('configs/apnet.py', torch_builder=None,
-                       note='no PyTorch APNet reference in tests/torch_reference.py'),
+    # Same step size as BoT (256x128, batch 64) so the two are comparable; the recipe itself
+    # trains APNet at 384x192 (pass --size=384x192 --batch=80).
+    'apnet': ModelSpec('configs/apnet.py', torch_builder=_torch_apnet),
 }
 
 
