@@ -169,7 +169,7 @@ def main(argv):
   if bool(f.images) == bool(f.dataset):
     raise ValueError('give exactly one of --images=FOLDER or --dataset=NAME (with --split)')
   from reid_jax import checkpoint  # noqa: PLC0415  (training helper's module)
-  model = checkpoint.restore_model(config, f.checkpoint)
+  model = checkpoint.restore_model(config.model, f.checkpoint)
   batch_size = f.batch_size or config.input.eval_batch_size
   names = None
   if f.images:

@@ -172,3 +172,53 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tiny_setup, re
   assert 'unreadable' in proc.stderr
   assert any(p.name.startswith(f'corrupt-{steps[-1]}-') for p in ckpt.iterdir())
   assert_same_state(final_state(str(workdir)), reference)
+
+
+def test_eval_mode_and_extract_cli_on_the_trained_checkpoint(tiny_setup, reference):
+  """``--mode=eval`` on a training checkpoint gives the metrics of an independent computation:
+  features from ``models.embed`` on the eval loader's images, scored by the NumPy reference of the
+  Market protocol (tests/eval_reference.py). ``reid_jax.extract`` writes the same query features."""
+  from reid_jax import checkpoint, config_lib, data
+  from tests import eval_reference
+  import importlib.util
+  root, cfg = tiny_setup
+  out = root / 'evaluated'
+  ckpt = str(root / 'reference' / 'checkpoints')
+  run(cfg, str(out), '--mode=eval', f'--checkpoint={ckpt}', '--config.eval.pictures=2')
+  with open(out / 'eval_metrics.json') as f:
+    got = json.load(f)
+  assert (out / 'pictures' / 'cmc.png').exists() and (out / 'pictures' / 'rank_query0001.png').exists()
+
+  spec = importlib.util.spec_from_file_location('tiny_cfg', cfg)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  model = checkpoint.restore_model(config.model, ckpt)
+  from reid_jax import models
+  feats = {}
+  for split in ('query', 'gallery'):
+    fs, ps, cs = [], [], []
+    for b in data.eval_batches(config.input, split, batch_size=16):
+      v = np.asarray(b['valid'])
+      fs.append(np.asarray(models.embed(model, b['image']))[v])
+      ps.append(np.asarray(b['pid'])[v])
+      cs.append(np.asarray(b['camid'])[v])
+    f = np.concatenate(fs)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)  # config.eval.normalize
+    feats[split] = (f, np.concatenate(ps), np.concatenate(cs))
+  (qf, qp, qc), (gf, gp, gc) = feats['query'], feats['gallery']
+  dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)  # sqeuclidean
+  ref = eval_reference.ref_rank(dist, qp, gp, qc, gc, max_rank=50)
+  np.testing.assert_allclose(got['R1'], 100 * ref['cmc'][0], atol=1e-3)
+  np.testing.assert_allclose(got['mAP'], 100 * ref['mAP_step'], atol=1e-3)
+  np.testing.assert_allclose(got['mINP'], 100 * ref['mINP'], atol=1e-3)
+
+  npz = root / 'query_feats.npz'
+  proc = subprocess.run([sys.executable, '-m', 'reid_jax.extract', f'--config={cfg}',
+                         f'--checkpoint={ckpt}', '--dataset=synthetic_reid/tiny', '--split=query',
+                         f'--out={npz}'], cwd=ROOT, env=env(), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  saved = np.load(npz)
+  np.testing.assert_allclose(saved['feats'], qf, rtol=1e-4, atol=1e-5)  # normalised by config
+  np.testing.assert_array_equal(saved['pids'], qp)

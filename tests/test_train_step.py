@@ -102,3 +102,41 @@ def test_bfloat16_compute_tracks_float32_and_keeps_float32_params():
   _, sbf, mbf = run_step(cbf, data)
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(sbf['params']))
   np.testing.assert_allclose(mbf['loss'], m32['loss'], rtol=3e-2)
+
+
+def test_center_loss_centres_follow_bot_sgd_rule():
+  # BoT: centre grads are rescaled by 1/center_weight, then SGD(lr=center_lr). For
+  # L_c = (1/B) sum_i |f_i - c_{y_i}|^2 that is c_j -= center_lr * (-(2/B) sum_{y_i=j} (f_i - c_j)).
+  c = tiny_config(loss={'center_weight': 5e-4})
+  data = batch(c, seed=2)
+  mesh = train.make_mesh(c)
+  with jax.set_mesh(mesh):
+    graphdef, state, _ = train.init_state(c, 6, mesh)
+    centers0 = np.asarray(state['centers'])
+    model = train.model_from_state(graphdef, jax.device_get(state))
+    feats = np.asarray(nnx.jit(lambda m, x: m(x))(model, data['image'])['global_feat'])
+  _, new_state, metrics = run_step(c, data)
+  b = len(feats)
+  expected = centers0.copy()
+  for j in range(6):
+    members = data['label'] == j
+    grad = -(2.0 / b) * np.sum(feats[members] - centers0[j], axis=0)
+    expected[j] = centers0[j] - c.optim.center_lr * grad
+  np.testing.assert_allclose(new_state['centers'], expected, rtol=1e-4, atol=1e-5)
+  assert 'center' in metrics
+
+
+def test_fsdp_mesh_step_matches_data_parallel_step():
+  c1 = tiny_config()
+  c2 = tiny_config()
+  c2.mesh = (('data', -1), ('fsdp', 2))
+  data = batch(c1, seed=3)
+  mesh = train.make_mesh(c2)
+  with jax.set_mesh(mesh):
+    _, state, _ = train.init_state(c2, 6, mesh)
+  specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state['params'])]
+  assert any('fsdp' in tuple(spec) for spec in specs)  # the large kernels are split
+  _, s1, m1 = run_step(c1, data)
+  _, s2, m2 = run_step(c2, data)
+  np.testing.assert_allclose(m2['loss'], m1['loss'], rtol=1e-5)
+  assert_params_close(s2['params'], s1['params'])
