@@ -14,21 +14,9 @@ from reid_jax import models
 from reid_jax.convert import load_torch_checkpoint, load_torch_weights
 from reid_jax.models.layers import BatchNorm, max_pool
 from reid_jax.models.resnet import ResNet
-from tests.torch_reference import TorchBoT, TorchResNet, nchw, numpy_state_dict, randomize_
-
-REL_BOUND = 1e-4
-
-
-def assert_close_rel(got, ref, bound=REL_BOUND):
-  got, ref = np.asarray(got), np.asarray(ref)
-  assert got.shape == ref.shape
-  err = np.abs(got - ref).max()
-  assert err <= bound * np.abs(ref).max(), f'max |diff| {err} vs max |ref| {np.abs(ref).max()}'
-
-
-def images(b=2, h=256, w=128, seed=0):
-  return np.random.RandomState(seed).randn(b, h, w, 3).astype(np.float32)
-
+from tests.torch_reference import (TorchBoT, TorchResNet, assert_close_rel,
+                                   check_train_mode_parity, images, nchw, numpy_state_dict,
+                                   randomize_)
 
 def nhwc(t):
   return t.detach().permute(0, 2, 3, 1).numpy()
@@ -127,15 +115,5 @@ def test_bot_train_mode_outputs_and_running_stats_match_torch():
   model = nnx.eval_shape(lambda: models.build_model(cfg, 11))
   load_torch_weights(model, numpy_state_dict(tm))
   model.train()
-  x = images(b=8, h=64, w=32, seed=8)
-  logits_ref, feat_ref = tm(nchw(x))
-  out = nnx.jit(lambda m, x: m(x))(model, x)
-  assert_close_rel(out['logits'], logits_ref.detach().numpy())
-  assert_close_rel(out['global_feat'], feat_ref.detach().numpy())
-  # The BN running statistics after one train step equal PyTorch's, layer by layer.
-  from reid_jax.convert.keymaps import keymap_for
-  sd_after = numpy_state_dict(tm)
-  for key, target in keymap_for(model).items():
-    if key.endswith(('running_mean', 'running_var')):
-      np.testing.assert_allclose(np.asarray(target.variable[...]), sd_after[key], rtol=1e-4,
-                                 atol=1e-5, err_msg=key)
+  keys = check_train_mode_parity(tm, model, images(b=8, h=64, w=32, seed=8))
+  assert len(keys) == 2 * 21  # 20 BatchNorm2d in ResNet-18 + the BNNeck

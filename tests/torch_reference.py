@@ -10,7 +10,9 @@ Attribute names reproduce the official state_dict keys (methods.md §0.3, §1.6)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from flax import nnx
 from torch import nn
 
 
@@ -159,3 +161,38 @@ def numpy_state_dict(module: nn.Module) -> dict:
 def nchw(x_nhwc):
   """NumPy ``[B, H, W, C]`` -> torch ``[B, C, H, W]``."""
   return torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous()
+
+
+REL_BOUND = 1e-4
+
+
+def assert_close_rel(got, ref, bound=REL_BOUND):
+  """max |got - ref| <= bound * max |ref| (the parity bound of the issues)."""
+  got, ref = np.asarray(got), np.asarray(ref)
+  assert got.shape == ref.shape, (got.shape, ref.shape)
+  err = np.abs(got - ref).max()
+  assert err <= bound * np.abs(ref).max(), f'max |diff| {err} vs max |ref| {np.abs(ref).max()}'
+
+
+def images(b=2, h=256, w=128, seed=0):
+  """Random NHWC float32 images."""
+  return np.random.RandomState(seed).randn(b, h, w, 3).astype(np.float32)
+
+
+def check_train_mode_parity(torch_model, model, x) -> list[str]:
+  """One train-mode forward of the PyTorch module and of the converted NNX ``model`` (already
+  loaded from ``torch_model``'s state_dict, in train mode): logits, pre-BN feature and every
+  BN running statistic of the key map must agree. Returns the statistic keys compared."""
+  from reid_jax.convert.keymaps import keymap_for
+  torch_model.train()
+  logits_ref, feat_ref = torch_model(nchw(x))
+  out = nnx.jit(lambda m, x: m(x))(model, x)
+  assert_close_rel(out['logits'], logits_ref.detach().numpy())
+  assert_close_rel(out['global_feat'], feat_ref.detach().numpy())
+  after = numpy_state_dict(torch_model)
+  keys = [k for k in keymap_for(model) if k.endswith(('running_mean', 'running_var'))]
+  targets = keymap_for(model)
+  for key in keys:
+    np.testing.assert_allclose(np.asarray(targets[key].variable[...]), after[key], rtol=1e-4,
+                               atol=1e-5, err_msg=key)
+  return keys
