@@ -93,6 +93,44 @@ def test_ties_are_broken_by_gallery_index():
   del rng
 
 
+@pytest.mark.parametrize('ng', [120, 300])
+def test_special_values_rank_like_a_stable_argsort(ng):
+  # Signed zeros compare equal (so they tie by gallery index), +-inf and negative distances order
+  # as NumPy's stable argsort does; ng=300 is padded to 384 columns inside.
+  d, qp, gp, qc, gc = random_case(7, nq=25, ng=ng, nid=6)
+  d = np.round(d * 6 - 3)  # integers in [-3, 3]: many ties, negatives
+  rng = np.random.default_rng(7)
+  d[rng.random(d.shape) < 0.1] = 0.0
+  d[rng.random(d.shape) < 0.1] = -0.0
+  d[rng.random(d.shape) < 0.05] = np.inf
+  d[rng.random(d.shape) < 0.05] = -np.inf
+  d = d.astype(np.float32)
+  ref = ref_rank(d, qp, gp, qc, gc, max_rank=10)
+  for block in (4, 256):
+    r = ev.rank_metrics(d, qp, gp, qc, gc, max_rank=10, block_size=block)
+    np.testing.assert_allclose(r['all_AP'], ref['ap_step'], atol=1e-6)
+    np.testing.assert_allclose(r['all_INP'], ref['inp'], atol=1e-6)
+    np.testing.assert_allclose(r['cmc'], ref['cmc'], atol=1e-6)
+
+
+def test_nan_inputs_are_refused():
+  d, qp, gp, qc, gc = random_case(8)
+  q = int(np.flatnonzero(qp > 0)[0])
+  pos = np.flatnonzero((gp == qp[q]) & (gc != qc[q]))
+  d[q, pos[0]] = np.nan
+  with pytest.raises(ValueError, match=f'NaN at a positive pair \\(query {q}, gallery {pos[0]}'):
+    ev.rank_metrics(d, qp, gp, qc, gc)
+  neg = np.flatnonzero(gp != qp[q])[0]
+  d[q, pos[0]], d[q, neg] = 0.5, np.nan  # NaN at a negative: ranks last, as in argsort
+  ref = ref_rank(d, qp, gp, qc, gc)
+  np.testing.assert_allclose(ev.rank_metrics(d, qp, gp, qc, gc)['all_AP'], ref['ap_step'],
+                             atol=1e-6)
+  f = np.ones((len(qp), 4), np.float32)
+  f[3, 1] = np.nan
+  with pytest.raises(ValueError, match='q_feats has NaN or inf at rows \\[3\\]'):
+    ev.evaluate(f, np.ones((len(gp), 4), np.float32), qp, gp, qc, gc)
+
+
 @pytest.mark.parametrize('metric', ev.METRICS)
 def test_pairwise_distance(metric):
   rng = np.random.default_rng(5)

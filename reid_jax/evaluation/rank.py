@@ -1,4 +1,4 @@
-"""CMC / mAP / mINP on device, in query blocks, without sorting gallery rows.
+"""CMC / mAP / mINP on device, by counting ranks of positives instead of sorting gallery rows.
 
 Protocol (Market-1501 / torchreid / fast-reid, reid-protocols.md §2.1-2.5):
   * for each query, gallery items with the same pid AND the same camid are dropped (junk);
@@ -10,21 +10,24 @@ Protocol (Market-1501 / torchreid / fast-reid, reid-protocols.md §2.1-2.5):
     sum over hits of (1/n)(old_precision + precision)/2 with old_precision = (m-1)/rank (1 at rank 0);
   * INP = n / (1 + 0-based rank of the hardest positive) (fast-reid, Ye et al.); CMC clipped cumsum.
 
-How: no row sort. For a block of queries the distances ``[B, G]`` stay on device; each query's
-positives (``P`` at most, found from a pid-sorted gallery) get their 0-based rank by *counting* the
-kept gallery items that come before them: ``#{k kept: d_k < d_p or (d_k == d_p and k < p)}``.
-The count runs over lane-chunks of 128 gallery columns with a ``[B, 8, 128]`` accumulator (this
-form vectorises well on CPU; XLA's CPU sort is ~10x slower). Cost is O(B * G * P_block), with
-queries ordered by their number of positives so each block loops only over as many positives as
-its queries have. What leaves the device is the ``[B, P]`` int32 ranks of each query's positives
-(never ``[Q, G]``); AP / INP / first hit are finished on the host in float64, because doing that
-on device costs more XLA:CPU compile time (~0.6 s) than the whole metric computation.
+How: no row sort (XLA's CPU sort is ~10x slower than counting). The 0-based rank of a positive p
+of query q is ``#{k kept for q: (d_qk, k) < (d_qp, p)}``. Distances reach the kernel in blocks of
+query rows with every dropped item (junk, same pid and camera, column padding) set to NaN, whose
+sort key is above +inf: the kernel needs no labels. The host finds each query's positives from the
+labels alone and cuts them into *work items* (a query row and up to 8 of its positives); the
+kernel takes ``W`` items at a time and, in a loop over 128-column chunks, compares each chunk with
+the 8 thresholds into a ``[W, 8, 128]`` int32 accumulator (4 KiB per item; 128 items fit a CPU L2
+cache). Distances are compared as order-preserving int32 keys, so the tie-break by gallery index
+is one integer add on the threshold. Work is Q * G * (positives rounded up to 8), however
+positives are spread over queries, and the kernel has one static shape per evaluation, so it
+compiles once (~0.2 s on a 2-core CPU). What leaves the device is the per-lane partial counts of
+each item; ranks, AP, INP and the first hit are finished on the host in float64.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
-import math
 import warnings
 from typing import Any
 
@@ -36,10 +39,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from reid_jax.evaluation.distance import check_metric, pairwise_distance_fn
 
-_LANES = 128  # gallery columns per counting step
-_CHUNK = 8    # positives ranked per pass over the block
+_LANES = 128      # gallery columns per counting step
+_SLOTS = 8        # positives per work item
+_NO_POSITIVE = 2**30
 AP_KINDS = ('step', 'trapezoid')
-DEFAULT_BLOCK = 256  # query rows per block: [256, G] float32 in flight
+DEFAULT_ITEMS = 128  # work items per kernel call: a [128, 8, 128] int32 accumulator = 512 KiB
+DEFAULT_BLOCK = 256  # query rows per distance block in evaluate(): [256, G] float32 in flight
 
 
 # ----------------------------------------------------------------------------- input checks
@@ -86,83 +91,69 @@ def _clamp_max_rank(max_rank: int, num_g: int) -> int:
   return int(max_rank)
 
 
-# ----------------------------------------------------------------------------- device kernel
+# ----------------------------------------------------------------------------- device kernels
 
 
-def _positive_ranks(d, kept_fn, pos_d, pos_i, n_chunks) -> jax.Array:
-  """0-based ranks ``[B, P]`` of positives in the filtered ranking.
-
-  d [B, Gp]: distances, Gp a multiple of 128. kept_fn(j) -> [B, 128] bool: which items of
-  column chunk j stay in the ranking (recomputed in the loop: cheaper than materialising a masked
-  copy of ``d``). pos_d / pos_i [B, P]: each positive's distance and gallery index (P a multiple
-  of 8). n_chunks (traced int): how many groups of 8 positives to rank; later ones keep 2**30.
-  """
-  b, gp = d.shape
-  p = pos_d.shape[1]
-  dr = d.reshape(b, gp // _LANES, _LANES)
-  lane = jnp.arange(_LANES, dtype=jnp.int32)
-
-  def chunk(c, ranks):
-    t = lax.dynamic_slice_in_dim(pos_d, c * _CHUNK, _CHUNK, axis=1)[:, :, None]  # [B, C, 1]
-    ti = lax.dynamic_slice_in_dim(pos_i, c * _CHUNK, _CHUNK, axis=1)[:, :, None]
-
-    def column(j, acc):
-      x = lax.dynamic_index_in_dim(dr, j, axis=1, keepdims=False)
-      x = jnp.where(kept_fn(j), x, jnp.inf)[:, None, :]  # [B, 1, 128]
-      k = j * _LANES + lane
-      before = (x < t) | ((x == t) & (k < ti))  # stable tie-break by gallery index
-      return acc + before.astype(jnp.float32)   # exact: each lane counts <= Gp / 128 items
-
-    acc = lax.fori_loop(0, gp // _LANES, column, jnp.zeros((b, _CHUNK, _LANES), jnp.float32))
-    r = jnp.sum(acc, axis=-1).astype(jnp.int32)
-    return lax.dynamic_update_slice_in_dim(ranks, r, c * _CHUNK, axis=1)
-
-  return lax.fori_loop(0, n_chunks, chunk, jnp.full((b, p), 2**30, jnp.int32))
+def _sort_key(d: jax.Array) -> jax.Array:
+  """Order-preserving int32 key of float32: ``a < b`` iff ``key(a) < key(b)``; NaN above +inf."""
+  d = lax.select(d == 0, lax.full_like(d, 0), d)  # -0.0 == +0.0, as for argsort
+  bits = lax.bitcast_convert_type(d, jnp.int32)
+  return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives: reverse the magnitude order
 
 
-def _block_ranks(d, q_pid, q_cam, g_pid, g_cam, pos_i, n_chunks):
-  """0-based ranks ``[B, P]`` (int32) of each query's positives in its filtered ranking.
-
-  d [B, Gp] distances (Gp a multiple of 128), q_pid / q_cam [B], g_pid / g_cam [Gp] (g_pid < 0:
-  junk or padding), pos_i [B, P] gallery indices of each query's positives, packed to the front,
-  Gp where none (found on the host from labels only). Slots without a positive hold 2**30.
-  """
-  b, gp = d.shape
-  d = d.astype(jnp.float32)
-  gpid = g_pid.reshape(gp // _LANES, _LANES)
-  gcam = g_cam.reshape(gp // _LANES, _LANES)
-
-  def kept_fn(j):
-    gpj = lax.dynamic_index_in_dim(gpid, j, keepdims=True)  # [1, 128]
-    gcj = lax.dynamic_index_in_dim(gcam, j, keepdims=True)
-    return (gpj >= 0) & ~((gpj == q_pid[:, None]) & (gcj == q_cam[:, None]))
-
-  is_pos = pos_i < gp
-  pos_d = jnp.where(is_pos, jnp.take_along_axis(d, jnp.minimum(pos_i, gp - 1), axis=1), jnp.inf)
-  ranks = _positive_ranks(d, kept_fn, pos_d, pos_i, n_chunks)
-  return jnp.where(is_pos, ranks, 2**30)
+_ROW_CHUNK = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(0,),
+                                        start_index_map=(0, 1))
+_POINT = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0, 1),
+                                    start_index_map=(0, 1))
+_IN_BOUNDS = lax.GatherScatterMode.PROMISE_IN_BOUNDS  # indices come from the host plan
 
 
 @jax.jit
-def _ranks_from_distances(d, q_pid, q_cam, g_pid, g_cam, pos_i, n_chunks):
-  return _block_ranks(d, q_pid, q_cam, g_pid, g_cam, pos_i, n_chunks)
+def _count_before(dist, rows, pos, lane, acc0):
+  """Per work item and positive slot, per-lane counts of the items ranked before the positive.
+
+  dist [R, Gp] float32, Gp a multiple of L, dropped items (junk, padding) NaN. Per work item:
+  rows [W, 1] its row of ``dist``; pos [W, S] the column of each of its positives (any column in
+  unused slots). lane [L] = arange(L); acc0 [W, S, L] zeros (both passed in: each op the kernel
+  builds itself is one more XLA:CPU kernel to compile, ~20 ms each). Returns ``[W, S, L]`` int32
+  whose sum over L is the number of non-NaN items before each positive in ascending distance,
+  ties broken by column index. Written with lax: it traces faster than jnp.
+  """
+  w, s, lanes = acc0.shape
+  point = lax.concatenate([lax.broadcast_in_dim(rows, (w, s, 1), (0, 2)), pos[..., None]], 2)
+  t = _sort_key(lax.gather(dist, point, _POINT, (1, 1), mode=_IN_BOUNDS))  # [W, S]
+
+  def wide(a, dims):
+    return lax.broadcast_in_dim(a, (w, s, lanes), dims)
+
+  def column(j, acc):
+    at = lax.concatenate([rows, lax.full_like(rows, j * lanes)], 1)
+    key = _sort_key(lax.gather(dist, at, _ROW_CHUNK, (1, lanes), mode=_IN_BOUNDS))  # [W, L]
+    # (x, k) < (t, p)  <=>  key < t + [k < p]  for integer keys: one add is the stable tie-break.
+    tie = (wide(j * lanes + lane, (2,)) < wide(pos, (0, 1))).astype(jnp.int32)
+    return acc + (wide(key, (0, 2)) < wide(t, (0, 1)) + tie).astype(jnp.int32)
+
+  return lax.fori_loop(0, dist.shape[1] // lanes, column, acc0)
 
 
-@functools.partial(jax.jit, static_argnames=('metric',))
-def _ranks_from_features(qf, gf, q_pid, q_cam, g_pid, g_cam, pos_i, n_chunks, *, metric):
-  return _block_ranks(pairwise_distance_fn(qf, gf, metric), q_pid, q_cam, g_pid, g_cam, pos_i,
-                      n_chunks)
+@functools.partial(jax.jit, static_argnames=('metric', 'padded'))
+def _masked_distances(qf, gf, q_pid, q_cam, g_pid, g_cam, *, metric, padded):
+  """``[B, padded]`` distances of ``qf [B, D]`` to ``gf [G, D]``, dropped items and padding NaN."""
+  d = pairwise_distance_fn(qf, gf, metric)
+  drop = (g_pid[None, :] < 0) | ((g_pid[None, :] == q_pid[:, None])
+                                 & (g_cam[None, :] == q_cam[:, None]))
+  d = jnp.where(drop, jnp.nan, d)
+  return jnp.pad(d, ((0, 0), (0, padded - d.shape[1])), constant_values=jnp.nan)
 
 
 def scores_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
   """Per-query scores from the 0-based ranks ``[Q, P]`` of its positives (>= 2**30: no positive).
 
-  Host-side float64 (the ``[Q, P]`` int32 ranks are all that leaves the device; doing this on
-  device costs more XLA compile time than it saves). Returns ``[Q]`` arrays ap_step, ap_trap,
-  inp, first (-1 if no positive), num_pos, valid.
+  Host-side float64. Returns ``[Q]`` arrays ap_step, ap_trap, inp, first (-1 if no positive),
+  num_pos, valid.
   """
   r = np.sort(np.asarray(ranks, np.int64), axis=1)
-  hit = r < 2**30
+  hit = r < _NO_POSITIVE
   n = hit.sum(axis=1)
   m = np.arange(1, r.shape[1] + 1, dtype=np.float64)[None, :]
   rf = np.where(hit, r, 0).astype(np.float64)
@@ -184,81 +175,134 @@ def scores_from_ranks(ranks: np.ndarray) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- host driver
 
 
-class _Plan:
-  """Label bookkeeping shared by the distance and feature paths (host, O(G log G + Q * P))."""
+class _Work:
+  """Work items and dropped items, from labels only (host, O(G log G + Q * max same-pid items)).
 
-  def __init__(self, q_pids, g_pids, q_camids, g_camids, block_size, mesh):
-    self.g = g_pids.shape[0]
-    self.gp = _LANES * max(1, -(-self.g // _LANES))
-    pad = self.gp - self.g
-    self.g_pid = np.concatenate([g_pids, np.full(pad, -1, np.int32)])
-    self.g_cam = np.concatenate([g_camids, np.full(pad, -1, np.int32)])
-    self.g_order = np.argsort(self.g_pid, kind='stable').astype(np.int32)
-    g_pid_sorted = self.g_pid[self.g_order]
-    # Candidate positives of a query: the run of its pid in the pid-sorted gallery.
-    self.start = np.searchsorted(g_pid_sorted, q_pids, side='left')
-    cnt = np.searchsorted(g_pid_sorted, q_pids, side='right') - self.start
-    cnt = np.where(q_pids >= 0, cnt, 0)
-    self.num_pos = _CHUNK * max(1, -(-int(cnt.max(initial=0)) // _CHUNK))
-    # Queries ordered by their positive count: a block ranks only as many positives as it needs.
-    self.order = np.argsort(cnt, kind='stable')
-    self.cnt = cnt
-    self.q_pids, self.q_camids = q_pids, q_camids
-    q = q_pids.shape[0]
-    ndev = 1 if mesh is None else int(np.prod(list(mesh.shape.values())))
-    if block_size < 1:
-      raise ValueError(f'block_size must be >= 1, got {block_size}')
-    nblocks = max(1, -(-q // block_size))
-    # Even blocks, each a multiple of the device count: little padding, one compiled shape.
-    self.block = ndev * max(1, -(-q // (nblocks * ndev)))
-    self.nblocks = max(1, -(-q // self.block))
-    self.q = q
+  Item i ranks up to 8 positives ``pos[i]`` (-1: unused slot) of query ``query[i]``; items are
+  ordered by query, so the items of a block of queries are contiguous. ``drop_q`` / ``drop_g``:
+  the (query, gallery) pairs of same pid and camera (sorted by query); ``junk``: gallery columns
+  with pid < 0.
+  """
+
+  def __init__(self, q_pids, g_pids, q_camids, g_camids):
+    nq, ng = q_pids.shape[0], g_pids.shape[0]
+    order = np.argsort(g_pids, kind='stable')  # within a pid: ascending gallery index
+    pid_sorted = g_pids[order]
+    start = np.searchsorted(pid_sorted, q_pids, side='left')
+    cnt = np.where(q_pids >= 0, np.searchsorted(pid_sorted, q_pids, side='right') - start, 0)
+    width = max(1, int(cnt.max(initial=0)))
+    slot = np.arange(width)
+    cand = order[np.minimum(start[:, None] + slot[None, :], ng - 1)]
+    same_pid = slot[None, :] < cnt[:, None]
+    same_cam = g_camids[cand] == q_camids[:, None]
+    is_pos = same_pid & ~same_cam
+    self.drop_q, col = np.nonzero(same_pid & same_cam)
+    self.drop_g = cand[self.drop_q, col]
+    self.junk = np.flatnonzero(g_pids < 0)
+    front = np.argsort(~is_pos, axis=1, kind='stable')  # positives first
+    packed = np.where(np.take_along_axis(is_pos, front, 1), np.take_along_axis(cand, front, 1), -1)
+    self.num_slots = _SLOTS * -(-width // _SLOTS)
+    per_query = np.full((nq, self.num_slots), -1, np.int64)
+    per_query[:, :width] = packed
+    chunks = -(-is_pos.sum(axis=1) // _SLOTS)
+    self.query = np.repeat(np.arange(nq), chunks)
+    self.chunk = np.arange(self.query.size) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    self.pos = per_query.reshape(nq, -1, _SLOTS)[self.query, self.chunk]  # [N, S]
+    self.nq, self.ng = nq, ng
+    self.padded = _LANES * max(1, -(-ng // _LANES))
+
+  def ranks(self, counts: np.ndarray) -> np.ndarray:
+    """``[Q, num_slots]`` ranks (2**30 where no positive) from the items' counts ``[N, S]``."""
+    out = np.full((self.nq, self.num_slots), _NO_POSITIVE, np.int64)
+    out.reshape(self.nq, -1, _SLOTS)[self.query, self.chunk] = np.where(
+        self.pos >= 0, counts, _NO_POSITIVE)
+    return out
+
+  def masked_rows(self, distmat: np.ndarray, lo: int, rows: int) -> np.ndarray:
+    """Rows ``lo:lo+rows`` of ``distmat`` as a fresh 64-byte-aligned ``[rows, padded]`` float32
+    array, dropped items and padding NaN.
+
+    The CPU client adopts a 64-byte-aligned NumPy buffer without copying; an unaligned one (NumPy
+    gives 16) it copies into freshly mapped memory, whose page faults cost ~0.3 s per GiB.
+    """
+    n = rows * self.padded
+    buf = np.empty(n + 16, np.float32)
+    off = ((-buf.ctypes.data) % 64) // 4
+    out = buf[off:off + n].reshape(rows, self.padded)
+    m = max(0, min(rows, self.nq - lo))
+    out[:m, :self.ng] = distmat[lo:lo + m]
+    out[:, self.ng:] = np.nan
+    out[m:] = np.nan
+    if self.junk.size:
+      out[:, self.junk] = np.nan
+    a, b = np.searchsorted(self.drop_q, (lo, lo + m))
+    out[self.drop_q[a:b] - lo, self.drop_g[a:b]] = np.nan
+    return out
+
+
+class _Device:
+  """Where the kernel runs: one device, or items sharded over the mesh axis 'data'."""
+
+  def __init__(self, mesh, items_per_call: int = DEFAULT_ITEMS):
     self.mesh = mesh
+    self.ndev = 1
     if mesh is not None:
       if 'data' not in mesh.shape:
         raise ValueError(f"mesh must have an axis named 'data', got axes {tuple(mesh.shape)}")
+      self.ndev = int(mesh.shape['data'])
       self.rows = NamedSharding(mesh, PartitionSpec('data'))
       self.rep = NamedSharding(mesh, PartitionSpec())
-    self.gallery_labels = (self.put(self.g_pid, replicate=True),
-                           self.put(self.g_cam, replicate=True))
+    self.items = self.round(items_per_call)
+    self.lane = self.put(np.arange(_LANES, dtype=np.int32), replicate=True)
+    self.acc0 = self.put(np.zeros((self.items, _SLOTS, _LANES), np.int32))
+
+  def round(self, n: int) -> int:
+    return self.ndev * max(1, -(-int(n) // self.ndev))
 
   def put(self, x, replicate=False):
     if self.mesh is None:
-      return jnp.asarray(x)
+      return jax.device_put(x)  # not jnp.asarray: that compiles a conversion per dtype
     return jax.device_put(x, self.rep if replicate else self.rows)
 
-  def blocks(self):
-    """Yields per block: (query indices [block], #real rows, q_pid, q_cam, pos_i, n_chunks)."""
-    slot = np.arange(self.num_pos)
-    for i in range(self.nblocks):
-      lo = i * self.block
-      hi = min(self.q, lo + self.block)
-      qi = self.order[np.minimum(np.arange(lo, lo + self.block), self.q - 1)]
-      nreal = hi - lo
-      qp = self.q_pids[qi].copy()
-      qp[nreal:] = -1  # padding rows repeat the last query; pid -1 makes them invalid
-      qc = self.q_camids[qi]
-      cnt = np.where(np.arange(self.block) < nreal, self.cnt[qi], 0)
-      cand = self.g_order[np.minimum(self.start[qi][:, None] + slot[None, :], self.gp - 1)]
-      is_pos = (slot[None, :] < cnt[:, None]) & (self.g_cam[cand] != qc[:, None])
-      pos_i = np.where(is_pos, cand, self.gp)
-      pos_i = np.sort(pos_i, axis=1).astype(np.int32)  # real positives first (Gp sorts last)
-      need = int(is_pos.sum(axis=1).max(initial=0))
-      yield qi, nreal, qp, qc, pos_i, -(-need // _CHUNK)
+
+def _count_items(dist, rows, work: _Work, items: slice, dev: _Device) -> np.ndarray:
+  """Counts ``[n, S]`` of the work items ``items``; ``rows[i]``: the row of ``dist`` of item i."""
+  n = items.stop - items.start
+  w = dev.items
+  out = np.empty((n, _SLOTS), np.int64)
+  pending = collections.deque()
+
+  def fetch():
+    lo, m, res = pending.popleft()
+    out[lo:lo + m] = np.asarray(jax.device_get(res))[:m].sum(axis=-1)
+
+  for lo in range(0, n, w):
+    m = min(w, n - lo)
+    idx = items.start + np.minimum(np.arange(lo, lo + w), n - 1)  # pad: repeat the last item
+    res = _count_before(dist, dev.put(rows[idx, None].astype(np.int32)),
+                        dev.put(np.maximum(work.pos[idx], 0).astype(np.int32)), dev.lane,
+                        dev.acc0)
+    pending.append((lo, m, res))
+    if len(pending) > 2:  # fetch while the next calls run; bounded host memory
+      fetch()
+  while pending:
+    fetch()
+  return out
 
 
-def _run(plan: _Plan, rank_block) -> dict[str, np.ndarray]:
-  out = []
-  pending = None
-  for qi, nreal, qp, qc, pos_i, n_chunks in plan.blocks():
-    res = rank_block(qi, plan.put(qp), plan.put(qc), plan.put(pos_i), jnp.int32(n_chunks))
-    if pending is not None:  # fetch the previous block while this one runs
-      out.append(np.asarray(jax.device_get(pending[0]))[:pending[1]])
-    pending = (res, nreal)
-  out.append(np.asarray(jax.device_get(pending[0]))[:pending[1]])
-  ranks = np.empty((plan.q, plan.num_pos), np.int32)
-  ranks[plan.order] = np.concatenate(out)  # back to the caller's query order
-  return scores_from_ranks(ranks)
+def _rank_blocks(block_distances, rows: int, work: _Work, dev: _Device) -> np.ndarray:
+  """Counts ``[N, S]`` of all work items, query block by query block.
+
+  ``block_distances(lo)`` returns the device ``[rows, padded]`` masked distances of queries
+  ``lo:lo+rows``.
+  """
+  bounds = np.searchsorted(work.query, np.arange(0, work.nq + rows, rows))  # items of each block
+  counts = []
+  for b, lo in enumerate(range(0, work.nq, rows)):
+    items = slice(int(bounds[b]), int(bounds[b + 1]))
+    if items.stop > items.start:
+      counts.append(_count_items(block_distances(lo), work.query - lo, work, items, dev))
+  return np.concatenate(counts) if counts else np.zeros((0, _SLOTS), np.int64)
 
 
 def summarize(per_query: dict[str, np.ndarray], max_rank: int, ap: str) -> dict[str, Any]:
@@ -282,6 +326,15 @@ def summarize(per_query: dict[str, np.ndarray], max_rank: int, ap: str) -> dict[
   )
 
 
+def _block_rows(nq: int, block_size: int, dev: _Device) -> int:
+  """Query rows per block: even blocks (little padding, one compiled shape), a multiple of the
+  device count."""
+  if block_size < 1:
+    raise ValueError(f'block_size must be >= 1, got {block_size}')
+  nblocks = max(1, -(-nq // block_size))
+  return dev.round(-(-nq // nblocks))
+
+
 def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
                  ap: str = 'step', *, block_size: int = DEFAULT_BLOCK, mesh=None) -> dict[str, Any]:
   """CMC / mAP / mINP from a distance matrix ``distmat [Q, G]`` (NumPy or jax array).
@@ -289,27 +342,26 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
   Returns ``dict(cmc=[max_rank] float, mAP=float, mINP=float, num_valid_queries=int,
   all_AP=[Q], all_INP=[Q] (NaN for skipped queries), first_hit=[Q] int (-1 if skipped))``.
   AP and mINP are fractions in [0, 1] (not percent). ``ap`` is 'step' or 'trapezoid'.
-  Rows are processed ``block_size`` at a time; with ``mesh`` each block is sharded over 'data'.
+  The matrix goes to the device ``block_size`` query rows at a time (a jax array is fetched to
+  the host first); with ``mesh`` the work items are sharded over 'data', the rows replicated.
+  Distances may be +-inf; a NaN distance to a positive is an error.
   """
   check_ap(ap)
   nq, ng = check_distmat(distmat)
   q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   max_rank = _clamp_max_rank(max_rank, ng)
-  plan = _Plan(q_pids, g_pids, q_camids, g_camids, block_size, mesh)
-  if isinstance(distmat, jax.Array):
-    distmat = jnp.pad(distmat, ((0, 0), (0, plan.gp - ng)), constant_values=jnp.inf)
-  else:
-    distmat = np.asarray(distmat)
-  def rank_block(qi, qp, qc, pos_i, n_chunks):
-    if isinstance(distmat, jax.Array):
-      rows = jnp.take(distmat, jnp.asarray(qi), axis=0)
-    else:
-      rows = np.empty((plan.block, plan.gp), np.float32)  # fresh: the device may alias it
-      rows[:, ng:] = np.inf
-      rows[:, :ng] = distmat[qi]
-    return _ranks_from_distances(plan.put(rows), qp, qc, *plan.gallery_labels, pos_i, n_chunks)
-
-  return summarize(_run(plan, rank_block), max_rank, ap)
+  dev = _Device(mesh)
+  rows = _block_rows(nq, block_size, dev)
+  work = _Work(q_pids, g_pids, q_camids, g_camids)
+  distmat = np.asarray(distmat)
+  bad = np.isnan(distmat[work.query[:, None], np.maximum(work.pos, 0)]) & (work.pos >= 0)
+  if bad.any():
+    i, j = np.argwhere(bad)[0]
+    raise ValueError(f'distmat is NaN at a positive pair (query {work.query[i]}, gallery '
+                     f'{work.pos[i, j]}): distances must be numbers or +-inf')
+  counts = _rank_blocks(
+      lambda lo: dev.put(work.masked_rows(distmat, lo, rows), replicate=True), rows, work, dev)
+  return summarize(scores_from_ranks(work.ranks(counts)), max_rank, ap)
 
 
 def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: str = 'sqeuclidean',
@@ -317,9 +369,10 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
              block_size: int = DEFAULT_BLOCK, mesh=None) -> dict[str, Any]:
   """Distances + CMC/mAP/mINP from features ``q_feats [Q, D]``, ``g_feats [G, D]``.
 
-  Query blocks of ``block_size`` rows (padded to a multiple of the device count, padding masked)
-  are sharded over the mesh axis 'data' (AxisType.Auto); the gallery is replicated. Peak device
-  memory is about ``G*D*4 + 2*block_size*G*4`` bytes; the ``[Q, G]`` matrix is never formed.
+  Distances are formed for ``block_size`` query rows at a time (rows sharded over the mesh axis
+  'data', AxisType.Auto; the gallery replicated), then ranked by the counting kernel of
+  :func:`rank_metrics`. Peak device memory is about ``G*D*4 + 2*block_size*G*4`` bytes; the
+  ``[Q, G]`` matrix is never formed.
   ``metric``: 'euclidean' | 'sqeuclidean' | 'cosine'. ``rerank``: False, True (paper 20/6/0.3)
   or a preset name of :data:`reid_jax.evaluation.rerank.PRESETS` / a dict of re_rank kwargs;
   re-ranking needs the ``[Q, G]``, ``[Q, Q]`` and ``[G, G]`` distances (see rerank.py).
@@ -327,30 +380,38 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
   """
   check_metric(metric)
   check_ap(ap)
-  q_feats = np.asarray(q_feats, np.float32) if not isinstance(q_feats, jax.Array) else q_feats
-  g_feats = np.asarray(g_feats, np.float32) if not isinstance(g_feats, jax.Array) else g_feats
+  q_feats = np.asarray(q_feats, np.float32)
+  g_feats = np.asarray(g_feats, np.float32)
   if q_feats.ndim != 2 or g_feats.ndim != 2 or q_feats.shape[1] != g_feats.shape[1]:
     raise ValueError(f'q_feats and g_feats must be [Q, D] and [G, D] with one D, got '
                      f'{q_feats.shape} and {g_feats.shape}')
+  for name, f in (('q_feats', q_feats), ('g_feats', g_feats)):
+    if not np.isfinite(f).all():
+      raise ValueError(f'{name} has NaN or inf at rows {np.flatnonzero(~np.isfinite(f).all(1))[:5]}')
   nq, ng = q_feats.shape[0], g_feats.shape[0]
   q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   if rerank:
     from reid_jax.evaluation import rerank as rr  # noqa: PLC0415
     distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric)
-    return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap,
-                        block_size=block_size, mesh=mesh)
+    return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap, mesh=mesh)
   max_rank = _clamp_max_rank(max_rank, ng)
-  plan = _Plan(q_pids, g_pids, q_camids, g_camids, block_size, mesh)
-  gf = np.zeros((plan.gp, g_feats.shape[1]), np.float32)
-  gf[:ng] = np.asarray(g_feats)
-  gf = plan.put(gf, replicate=True)
-  qf_all = np.asarray(q_feats)
+  dev = _Device(mesh)
+  rows = _block_rows(nq, block_size, dev)
+  work = _Work(q_pids, g_pids, q_camids, g_camids)
+  gallery = [dev.put(x, replicate=True) for x in (g_feats, g_pids, g_camids)]
 
-  def rank_block(qi, qp, qc, pos_i, n_chunks):
-    return _ranks_from_features(plan.put(qf_all[qi]), gf, qp, qc, *plan.gallery_labels, pos_i,
-                                n_chunks, metric=metric)
+  def block_distances(lo):
+    m = min(rows, nq - lo)
+    qf = np.zeros((rows, q_feats.shape[1]), np.float32)
+    qf[:m] = q_feats[lo:lo + m]
+    labels = np.full((2, rows), -1, np.int32)  # padding rows: pid -1, never ranked
+    labels[:, :m] = q_pids[lo:lo + m], q_camids[lo:lo + m]
+    d = _masked_distances(dev.put(qf), gallery[0], dev.put(labels[0]), dev.put(labels[1]),
+                          gallery[1], gallery[2], metric=metric, padded=work.padded)
+    return d if mesh is None else jax.device_put(d, dev.rep)  # items may rank any row
 
-  return summarize(_run(plan, rank_block), max_rank, ap)
+  counts = _rank_blocks(block_distances, rows, work, dev)
+  return summarize(scores_from_ranks(work.ranks(counts)), max_rank, ap)
 
 
 # ----------------------------------------------------------------------------- CUHK03 classic
