@@ -20,8 +20,8 @@ the 8 thresholds into a ``[W, 8, 128]`` int32 accumulator (4 KiB per item; 128 i
 cache). Distances are compared as order-preserving int32 keys, so the tie-break by gallery index
 is one integer add on the threshold. Work is Q * G * (positives rounded up to 8), however
 positives are spread over queries, and the kernel has one static shape per evaluation, so it
-compiles once (~0.2 s on a 2-core CPU). What leaves the device is the per-lane partial counts of
-each item; ranks, AP, INP and the first hit are finished on the host in float64.
+compiles once (~0.2 s on a 2-core CPU). What leaves the device is the rank of every positive
+(int32, O(number of positives)); AP, INP and the first hit are finished on the host in float64.
 """
 
 from __future__ import annotations
@@ -110,14 +110,15 @@ _IN_BOUNDS = lax.GatherScatterMode.PROMISE_IN_BOUNDS  # indices come from the ho
 
 @jax.jit
 def _count_before(dist, rows, pos, lane, acc0):
-  """Per work item and positive slot, per-lane counts of the items ranked before the positive.
+  """Per work item and positive slot, the number of items ranked before the positive.
 
   dist [R, Gp] float32, Gp a multiple of L, dropped items (junk, padding) NaN. Per work item:
   rows [W, 1] its row of ``dist``; pos [W, S] the column of each of its positives (any column in
   unused slots). lane [L] = arange(L); acc0 [W, S, L] zeros (both passed in: each op the kernel
-  builds itself is one more XLA:CPU kernel to compile, ~20 ms each). Returns ``[W, S, L]`` int32
-  whose sum over L is the number of non-NaN items before each positive in ascending distance,
-  ties broken by column index. Written with lax: it traces faster than jnp.
+  builds itself is one more XLA:CPU kernel to compile, ~20 ms each). Returns ``[W, S]`` int32:
+  the number of items before each positive in ascending distance, ties broken by column index
+  (NaN items never count: their key is above every number). Written with lax: it traces faster
+  than jnp.
   """
   w, s, lanes = acc0.shape
   point = lax.concatenate([lax.broadcast_in_dim(rows, (w, s, 1), (0, 2)), pos[..., None]], 2)
@@ -133,7 +134,8 @@ def _count_before(dist, rows, pos, lane, acc0):
     tie = (wide(j * lanes + lane, (2,)) < wide(pos, (0, 1))).astype(jnp.int32)
     return acc + (wide(key, (0, 2)) < wide(t, (0, 1)) + tie).astype(jnp.int32)
 
-  return lax.fori_loop(0, dist.shape[1] // lanes, column, acc0)
+  return lax.reduce(lax.fori_loop(0, dist.shape[1] // lanes, column, acc0), np.int32(0), lax.add,
+                    (2,))
 
 
 @functools.partial(jax.jit, static_argnames=('metric', 'padded'))
@@ -274,7 +276,7 @@ def _count_items(dist, rows, work: _Work, items: slice, dev: _Device) -> np.ndar
 
   def fetch():
     lo, m, res = pending.popleft()
-    out[lo:lo + m] = np.asarray(jax.device_get(res))[:m].sum(axis=-1)
+    out[lo:lo + m] = np.asarray(jax.device_get(res))[:m]
 
   for lo in range(0, n, w):
     m = min(w, n - lo)
