@@ -220,9 +220,9 @@ class _Work:
         self.pos >= 0, counts, _NO_POSITIVE)
     return out
 
-  def masked_rows(self, distmat: np.ndarray, lo: int, rows: int) -> np.ndarray:
-    """Rows ``lo:lo+rows`` of ``distmat`` as a fresh 64-byte-aligned ``[rows, padded]`` float32
-    array, dropped items and padding NaN.
+  def masked_rows(self, distmat: np.ndarray, queries: np.ndarray, rows: int) -> np.ndarray:
+    """Rows ``queries`` (sorted, at most ``rows``) of ``distmat`` as a fresh 64-byte-aligned
+    ``[rows, padded]`` float32 array, dropped items and padding NaN.
 
     The CPU client adopts a 64-byte-aligned NumPy buffer without copying; an unaligned one (NumPy
     gives 16) it copies into freshly mapped memory, whose page faults cost ~0.3 s per GiB.
@@ -231,30 +231,40 @@ class _Work:
     buf = np.empty(n + 16, np.float32)
     off = ((-buf.ctypes.data) % 64) // 4
     out = buf[off:off + n].reshape(rows, self.padded)
-    m = max(0, min(rows, self.nq - lo))
-    out[:m, :self.ng] = distmat[lo:lo + m]
+    m = len(queries)
+    if m and queries[-1] - queries[0] == m - 1:  # a contiguous run: a plain slice copy
+      out[:m, :self.ng] = distmat[queries[0]:queries[0] + m]
+    else:
+      out[:m, :self.ng] = distmat[queries]
     out[:, self.ng:] = np.nan
     out[m:] = np.nan
     if self.junk.size:
       out[:, self.junk] = np.nan
-    a, b = np.searchsorted(self.drop_q, (lo, lo + m))
-    out[self.drop_q[a:b] - lo, self.drop_g[a:b]] = np.nan
+    if m:
+      a, b = np.searchsorted(self.drop_q, (queries[0], queries[-1] + 1))
+      r = np.minimum(np.searchsorted(queries, self.drop_q[a:b]), m - 1)
+      hit = queries[r] == self.drop_q[a:b]
+      out[r[hit], self.drop_g[a:b][hit]] = np.nan
     return out
 
 
 class _Device:
   """Where the kernel runs: one device, or items sharded over the mesh axis 'data'."""
 
-  def __init__(self, mesh, items_per_call: int = DEFAULT_ITEMS):
+  def __init__(self, mesh, block_size: int, nq: int, items_per_call: int = DEFAULT_ITEMS):
     self.mesh = mesh
     self.ndev = 1
     if mesh is not None:
       if 'data' not in mesh.shape:
         raise ValueError(f"mesh must have an axis named 'data', got axes {tuple(mesh.shape)}")
       self.ndev = int(mesh.shape['data'])
-      self.rows = NamedSharding(mesh, PartitionSpec('data'))
+      self.sharded = NamedSharding(mesh, PartitionSpec('data'))
       self.rep = NamedSharding(mesh, PartitionSpec())
-    self.items = self.round(items_per_call)
+    if block_size < 1:
+      raise ValueError(f'block_size must be >= 1, got {block_size}')
+    nblocks = max(1, -(-nq // block_size))
+    self.rows = self.round(-(-nq // nblocks))  # query rows per distance block: even blocks
+    self.items = self.round(min(items_per_call, self.rows))  # one call spans <= rows queries
     self.lane = self.put(np.arange(_LANES, dtype=np.int32), replicate=True)
     self.acc0 = self.put(np.zeros((self.items, _SLOTS, _LANES), np.int32))
 
@@ -264,13 +274,20 @@ class _Device:
   def put(self, x, replicate=False):
     if self.mesh is None:
       return jax.device_put(x)  # not jnp.asarray: that compiles a conversion per dtype
-    return jax.device_put(x, self.rep if replicate else self.rows)
+    return jax.device_put(x, self.rep if replicate else self.sharded)
 
 
-def _count_items(dist, rows, work: _Work, items: slice, dev: _Device) -> np.ndarray:
-  """Counts ``[n, S]`` of the work items ``items``; ``rows[i]``: the row of ``dist`` of item i."""
-  n = items.stop - items.start
-  w = dev.items
+def _rank_items(block_distances, rows: int, work: _Work, dev: _Device) -> np.ndarray:
+  """Counts ``[N, S]`` of all work items: the ranks of their positives.
+
+  Calls take ``dev.items`` consecutive work items (only the last call is padded). Blocks hold the
+  distances of ``rows`` consecutive queries among those with work: ``block_distances(queries)``
+  returns them as a device ``[rows, padded]`` array. A call's items belong to at most
+  ``dev.items <= rows`` queries, so a block that starts at its first query holds them all.
+  """
+  n, w = work.query.size, dev.items
+  active = np.unique(work.query)  # queries with at least one positive, ascending
+  slot = np.searchsorted(active, work.query)  # each item's query, as an index into ``active``
   out = np.empty((n, _SLOTS), np.int64)
   pending = collections.deque()
 
@@ -278,10 +295,14 @@ def _count_items(dist, rows, work: _Work, items: slice, dev: _Device) -> np.ndar
     lo, m, res = pending.popleft()
     out[lo:lo + m] = np.asarray(jax.device_get(res))[:m]
 
+  start, dist = None, None
   for lo in range(0, n, w):
     m = min(w, n - lo)
-    idx = items.start + np.minimum(np.arange(lo, lo + w), n - 1)  # pad: repeat the last item
-    res = _count_before(dist, dev.put(rows[idx, None].astype(np.int32)),
+    idx = np.minimum(np.arange(lo, lo + w), n - 1)  # pad: repeat the last item
+    if start is None or slot[idx[-1]] >= start + rows:
+      start = int(slot[idx[0]])
+      dist = block_distances(active[start:start + rows])
+    res = _count_before(dist, dev.put((slot[idx] - start)[:, None].astype(np.int32)),
                         dev.put(np.maximum(work.pos[idx], 0).astype(np.int32)), dev.lane,
                         dev.acc0)
     pending.append((lo, m, res))
@@ -290,21 +311,6 @@ def _count_items(dist, rows, work: _Work, items: slice, dev: _Device) -> np.ndar
   while pending:
     fetch()
   return out
-
-
-def _rank_blocks(block_distances, rows: int, work: _Work, dev: _Device) -> np.ndarray:
-  """Counts ``[N, S]`` of all work items, query block by query block.
-
-  ``block_distances(lo)`` returns the device ``[rows, padded]`` masked distances of queries
-  ``lo:lo+rows``.
-  """
-  bounds = np.searchsorted(work.query, np.arange(0, work.nq + rows, rows))  # items of each block
-  counts = []
-  for b, lo in enumerate(range(0, work.nq, rows)):
-    items = slice(int(bounds[b]), int(bounds[b + 1]))
-    if items.stop > items.start:
-      counts.append(_count_items(block_distances(lo), work.query - lo, work, items, dev))
-  return np.concatenate(counts) if counts else np.zeros((0, _SLOTS), np.int64)
 
 
 def summarize(per_query: dict[str, np.ndarray], max_rank: int, ap: str) -> dict[str, Any]:
@@ -328,15 +334,6 @@ def summarize(per_query: dict[str, np.ndarray], max_rank: int, ap: str) -> dict[
   )
 
 
-def _block_rows(nq: int, block_size: int, dev: _Device) -> int:
-  """Query rows per block: even blocks (little padding, one compiled shape), a multiple of the
-  device count."""
-  if block_size < 1:
-    raise ValueError(f'block_size must be >= 1, got {block_size}')
-  nblocks = max(1, -(-nq // block_size))
-  return dev.round(-(-nq // nblocks))
-
-
 def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50,
                  ap: str = 'step', *, block_size: int = DEFAULT_BLOCK, mesh=None) -> dict[str, Any]:
   """CMC / mAP / mINP from a distance matrix ``distmat [Q, G]`` (NumPy or jax array).
@@ -352,8 +349,7 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
   nq, ng = check_distmat(distmat)
   q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   max_rank = _clamp_max_rank(max_rank, ng)
-  dev = _Device(mesh)
-  rows = _block_rows(nq, block_size, dev)
+  dev = _Device(mesh, block_size, nq)
   work = _Work(q_pids, g_pids, q_camids, g_camids)
   distmat = np.asarray(distmat)
   bad = np.isnan(distmat[work.query[:, None], np.maximum(work.pos, 0)]) & (work.pos >= 0)
@@ -361,8 +357,9 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
     i, j = np.argwhere(bad)[0]
     raise ValueError(f'distmat is NaN at a positive pair (query {work.query[i]}, gallery '
                      f'{work.pos[i, j]}): distances must be numbers or +-inf')
-  counts = _rank_blocks(
-      lambda lo: dev.put(work.masked_rows(distmat, lo, rows), replicate=True), rows, work, dev)
+  counts = _rank_items(
+      lambda queries: dev.put(work.masked_rows(distmat, queries, dev.rows), replicate=True),
+      dev.rows, work, dev)
   return summarize(scores_from_ranks(work.ranks(counts)), max_rank, ap)
 
 
@@ -397,22 +394,22 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
     distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric)
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap, mesh=mesh)
   max_rank = _clamp_max_rank(max_rank, ng)
-  dev = _Device(mesh)
-  rows = _block_rows(nq, block_size, dev)
+  dev = _Device(mesh, block_size, nq)
+  rows = dev.rows
   work = _Work(q_pids, g_pids, q_camids, g_camids)
   gallery = [dev.put(x, replicate=True) for x in (g_feats, g_pids, g_camids)]
 
-  def block_distances(lo):
-    m = min(rows, nq - lo)
+  def block_distances(queries):
+    m = len(queries)
     qf = np.zeros((rows, q_feats.shape[1]), np.float32)
-    qf[:m] = q_feats[lo:lo + m]
+    qf[:m] = q_feats[queries]
     labels = np.full((2, rows), -1, np.int32)  # padding rows: pid -1, never ranked
-    labels[:, :m] = q_pids[lo:lo + m], q_camids[lo:lo + m]
+    labels[:, :m] = q_pids[queries], q_camids[queries]
     d = _masked_distances(dev.put(qf), gallery[0], dev.put(labels[0]), dev.put(labels[1]),
                           gallery[1], gallery[2], metric=metric, padded=work.padded)
     return d if mesh is None else jax.device_put(d, dev.rep)  # items may rank any row
 
-  counts = _rank_blocks(block_distances, rows, work, dev)
+  counts = _rank_items(block_distances, rows, work, dev)
   return summarize(scores_from_ranks(work.ranks(counts)), max_rank, ap)
 
 
