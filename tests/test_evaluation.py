@@ -118,10 +118,15 @@ def test_nan_inputs_are_refused():
   q = int(np.flatnonzero(qp > 0)[0])
   pos = np.flatnonzero((gp == qp[q]) & (gc != qc[q]))
   d[q, pos[0]] = np.nan
-  with pytest.raises(ValueError, match=f'NaN at a positive pair \\(query {q}, gallery {pos[0]}'):
+  with pytest.raises(ValueError, match=f'between query {q} and its positive \\(gallery {pos[0]}\\) '
+                                       'is NaN'):
     ev.rank_metrics(d, qp, gp, qc, gc)
-  neg = np.flatnonzero(gp != qp[q])[0]
-  d[q, pos[0]], d[q, neg] = 0.5, np.nan  # NaN at a negative: ranks last, as in argsort
+  # NaN at a negative ranks last, as in argsort, whatever its sign bit (inf - inf sets it on x86).
+  neg = np.flatnonzero(gp != qp[q])[:2]
+  d[q, pos[0]] = 0.5
+  d[q, neg[0]] = np.nan
+  d[q, neg[1]] = -np.float32(np.nan)
+  assert np.signbit(d[q, neg[1]])
   ref = ref_rank(d, qp, gp, qc, gc)
   np.testing.assert_allclose(ev.rank_metrics(d, qp, gp, qc, gc)['all_AP'], ref['ap_step'],
                              atol=1e-6)
@@ -129,6 +134,20 @@ def test_nan_inputs_are_refused():
   f[3, 1] = np.nan
   with pytest.raises(ValueError, match='q_feats has NaN or inf at rows \\[3\\]'):
     ev.evaluate(f, np.ones((len(gp), 4), np.float32), qp, gp, qc, gc)
+  # Finite features whose squared distance overflows: inf - inf = NaN at a positive.
+  qf = np.array([[1e20, 0.0]], np.float32)
+  gf = np.array([[2e20, 0.0], [1e20, 1.0], [0.0, 0.0]], np.float32)
+  with pytest.raises(ValueError, match='between query 0 and its positive \\(gallery 0\\) is NaN'):
+    ev.evaluate(qf, gf, [1], [1, 2, 3], [0], [1, 1, 1], max_rank=3)
+
+
+def test_empty_and_out_of_range_inputs_are_refused():
+  with pytest.raises(ValueError, match='at least one query and one gallery item'):
+    ev.rank_metrics(np.zeros((2, 0), np.float32), [1, 1], [], [0, 0], [])
+  with pytest.raises(ValueError, match='at least one query and one gallery item'):
+    ev.rank_metrics(np.zeros((0, 3), np.float32), [], [1, 1, 1], [], [0, 0, 0])
+  with pytest.raises(ValueError, match='q_pids must fit in int32'):
+    ev.rank_metrics(np.zeros((1, 2), np.float32), [2**32 + 1], [1, 2], [0], [1, 1])
 
 
 @pytest.mark.parametrize('metric', ev.METRICS)

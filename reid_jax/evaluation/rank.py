@@ -59,6 +59,8 @@ def _labels(name: str, x, n: int | None = None) -> np.ndarray:
       raise ValueError(f'{name} must hold integers, got dtype {x.dtype}')
   if n is not None and x.shape[0] != n:
     raise ValueError(f'{name} has {x.shape[0]} entries, expected {n}')
+  if x.size and (x.min() < -2**31 or x.max() >= 2**31):
+    raise ValueError(f'{name} must fit in int32, got values in [{x.min()}, {x.max()}]')
   return x.astype(np.int32)
 
 
@@ -73,6 +75,8 @@ def check_distmat(distmat) -> tuple[int, int]:
   shape = getattr(distmat, 'shape', None)
   if shape is None or len(shape) != 2:
     raise ValueError(f'distmat must be a [Q, G] matrix, got {shape if shape is not None else type(distmat)}')
+  if shape[0] == 0 or shape[1] == 0:
+    raise ValueError(f'distmat must have at least one query and one gallery item, got {shape}')
   return int(shape[0]), int(shape[1])
 
 
@@ -94,9 +98,14 @@ def _clamp_max_rank(max_rank: int, num_g: int) -> int:
 # ----------------------------------------------------------------------------- device kernels
 
 
+_NAN_KEY = 0x7FC00000  # the key of the canonical NaN: above +inf (0x7F800000)
+
+
 def _sort_key(d: jax.Array) -> jax.Array:
-  """Order-preserving int32 key of float32: ``a < b`` iff ``key(a) < key(b)``; NaN above +inf."""
+  """Order-preserving int32 key of float32: ``a < b`` iff ``key(a) < key(b)``; every NaN maps
+  to one key above +inf. XLA:CPU flushes subnormals: they compare (and key) as 0."""
   d = lax.select(d == 0, lax.full_like(d, 0), d)  # -0.0 == +0.0, as for argsort
+  d = lax.select(d != d, lax.full_like(d, np.nan), d)  # sign or payload of a NaN: one key
   bits = lax.bitcast_convert_type(d, jnp.int32)
   return bits ^ ((bits >> 31) & 0x7FFFFFFF)  # negatives: reverse the magnitude order
 
@@ -117,8 +126,8 @@ def _count_before(dist, rows, pos, lane, acc0):
   unused slots). lane [L] = arange(L); acc0 [W, S, L] zeros (both passed in: each op the kernel
   builds itself is one more XLA:CPU kernel to compile, ~20 ms each). Returns ``[W, S]`` int32:
   the number of items before each positive in ascending distance, ties broken by column index
-  (NaN items never count: their key is above every number). Written with lax: it traces faster
-  than jnp.
+  (NaN items never count: their key is above every number), or -1 where the positive's own
+  distance is NaN (it has no rank). Written with lax: it traces faster than jnp.
   """
   w, s, lanes = acc0.shape
   point = lax.concatenate([lax.broadcast_in_dim(rows, (w, s, 1), (0, 2)), pos[..., None]], 2)
@@ -134,8 +143,9 @@ def _count_before(dist, rows, pos, lane, acc0):
     tie = (wide(j * lanes + lane, (2,)) < wide(pos, (0, 1))).astype(jnp.int32)
     return acc + (wide(key, (0, 2)) < wide(t, (0, 1)) + tie).astype(jnp.int32)
 
-  return lax.reduce(lax.fori_loop(0, dist.shape[1] // lanes, column, acc0), np.int32(0), lax.add,
-                    (2,))
+  counts = lax.reduce(lax.fori_loop(0, dist.shape[1] // lanes, column, acc0), np.int32(0), lax.add,
+                      (2,))
+  return lax.select(t == _NAN_KEY, lax.full_like(counts, -1), counts)
 
 
 @functools.partial(jax.jit, static_argnames=('metric', 'padded'))
@@ -310,6 +320,12 @@ def _rank_items(block_distances, rows: int, work: _Work, dev: _Device) -> np.nda
       fetch()
   while pending:
     fetch()
+  bad = (out < 0) & (work.pos >= 0)
+  if bad.any():
+    i, j = np.argwhere(bad)[0]
+    raise ValueError(f'the distance between query {work.query[i]} and its positive (gallery '
+                     f'{work.pos[i, j]}) is NaN: distances must be numbers or +-inf (features '
+                     f'with NaN, or so large that |q|^2 + |g|^2 - 2 q.g overflows?)')
   return out
 
 
@@ -343,7 +359,9 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
   AP and mINP are fractions in [0, 1] (not percent). ``ap`` is 'step' or 'trapezoid'.
   The matrix goes to the device ``block_size`` query rows at a time (a jax array is fetched to
   the host first); with ``mesh`` the work items are sharded over 'data', the rows replicated.
-  Distances may be +-inf; a NaN distance to a positive is an error.
+  Distances are ranked as float32 (float64 values that round to one float32 tie, broken by
+  gallery index); they may be +-inf; a NaN distance to a positive is an error, to any other item
+  ranks it last.
   """
   check_ap(ap)
   nq, ng = check_distmat(distmat)
@@ -352,11 +370,6 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
   dev = _Device(mesh, block_size, nq)
   work = _Work(q_pids, g_pids, q_camids, g_camids)
   distmat = np.asarray(distmat)
-  bad = np.isnan(distmat[work.query[:, None], np.maximum(work.pos, 0)]) & (work.pos >= 0)
-  if bad.any():
-    i, j = np.argwhere(bad)[0]
-    raise ValueError(f'distmat is NaN at a positive pair (query {work.query[i]}, gallery '
-                     f'{work.pos[i, j]}): distances must be numbers or +-inf')
   counts = _rank_items(
       lambda queries: dev.put(work.masked_rows(distmat, queries, dev.rows), replicate=True),
       dev.rows, work, dev)
@@ -392,7 +405,8 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
   if rerank:
     from reid_jax.evaluation import rerank as rr  # noqa: PLC0415
     distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric)
-    return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap, mesh=mesh)
+    return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap,
+                        block_size=block_size, mesh=mesh)
   max_rank = _clamp_max_rank(max_rank, ng)
   dev = _Device(mesh, block_size, nq)
   rows = dev.rows
