@@ -20,7 +20,7 @@ from reid_jax import models, optim
 from reid_jax.convert import keymaps, load_torch_checkpoint, load_torch_weights
 from reid_jax.models import apnet as apnet_lib
 from reid_jax.models import bot, registry
-from tests.torch_reference import (assert_close_rel, check_train_mode_parity, images, nchw,
+from tests.torch_reference import (assert_embeds_like, check_train_mode_parity, images,
                                    numpy_state_dict, randomize_)
 from tests.torch_reference_apnet import TorchAPNet
 
@@ -89,11 +89,8 @@ def test_resnet50_level2_384x192_state_dict_file_embeds_like_torch(tmp_path):
   assert report.unused == []
   assert len(report.aliases_checked) == len(keymaps.resnet_keys(model.base))  # every base_k alias
   x = images(b=1, h=384, w=192, seed=12)
-  with torch.no_grad():
-    ref = tm(nchw(x)).numpy()
-  got = np.asarray(models.embed(model, x))
+  got = assert_embeds_like(model, tm, x)
   assert got.shape == (1, 2048)
-  assert_close_rel(got, ref)
 
 
 # (depth, width, level, pyramid, reference splits, logits_as_feature)
@@ -117,11 +114,8 @@ def test_narrow_eval_parity(case):
   report = load_torch_weights(model, numpy_state_dict(tm))
   assert report.unused == []
   x = images(seed=21)
-  with torch.no_grad():
-    ref = tm(nchw(x)).numpy()
-  got = np.asarray(models.embed(model, x))
+  got = assert_embeds_like(model, tm, x)
   assert got.shape == ((2, 13) if logits else (2, 8 * width * (4 if depth == 50 else 1)))
-  assert_close_rel(got, ref)
 
 
 def test_official_level3_at_real_width_fails_clearly():

@@ -14,7 +14,7 @@ from reid_jax import models
 from reid_jax.convert import load_torch_checkpoint, load_torch_weights
 from reid_jax.models.layers import BatchNorm, max_pool
 from reid_jax.models.resnet import ResNet
-from tests.torch_reference import (TorchBoT, TorchResNet, assert_close_rel,
+from tests.torch_reference import (TorchBoT, TorchResNet, assert_close_rel, assert_embeds_like,
                                    check_train_mode_parity, images, nchw, numpy_state_dict,
                                    randomize_)
 
@@ -81,11 +81,8 @@ def test_bot_state_dict_file_embeds_like_torch(tmp_path, neck_feat):
   report = load_torch_weights(model, load_torch_checkpoint(path))
   assert report.unused == []
   x = images(seed=5)
-  with torch.no_grad():
-    ref = tm(nchw(x)).numpy()
-  got = np.asarray(models.embed(model, x))
+  got = assert_embeds_like(model, tm, x)
   assert got.shape == (2, 2048)
-  assert_close_rel(got, ref)
 
 
 def test_batchnorm_train_mode_and_running_stats_match_torch():

@@ -179,6 +179,17 @@ def images(b=2, h=256, w=128, seed=0):
   return np.random.RandomState(seed).randn(b, h, w, 3).astype(np.float32)
 
 
+def assert_embeds_like(model, torch_model, x) -> np.ndarray:
+  """Eval-mode feature of the converted NNX ``model`` for NHWC ``x`` equals that of
+  ``torch_model`` (within :data:`REL_BOUND`); returns the NNX feature."""
+  from reid_jax import models
+  with torch.no_grad():
+    ref = torch_model.eval()(nchw(x)).numpy()
+  got = np.asarray(models.embed(model, x))
+  assert_close_rel(got, ref)
+  return got
+
+
 def check_train_mode_parity(torch_model, model, x) -> list[str]:
   """One train-mode forward of the PyTorch module and of the converted NNX ``model`` (already
   loaded from ``torch_model``'s state_dict, in train mode): logits, pre-BN feature and every
