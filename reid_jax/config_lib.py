@@ -41,6 +41,8 @@ def input_config() -> ml_collections.ConfigDict:
       size=(256, 128),       # (H, W) in pixels
       interpolation='bilinear',       # train resize: 'bilinear' or 'bicubic' (PIL)
       test_interpolation='bilinear',  # MPN tests with 'bicubic'
+      sampler='pk',          # 'pk': RandomIdentitySampler (BoT); 'balanced': MPN's
+                             # BalancedBatchSampler (floor((N-1)/(P*K)) batches, state carried)
       p=16,                  # identities per batch
       k=4,                   # images per identity
       flip_prob=0.5,
@@ -52,6 +54,7 @@ def input_config() -> ml_collections.ConfigDict:
       erasing_aspect=0.3,          # aspect ratio range [a, 1/a]
       erasing_fill=IMAGENET_MEAN,  # per-channel fill on the normalised image
       erasing_test='>=',           # skip erasing when u >= p (BoT) or u > p ('>')
+      erase_parsing=True,          # erased box is background (0) in the parsing mask too
       mean=IMAGENET_MEAN,
       std=IMAGENET_STD,
       parsing=False,         # also yield the human-parsing mask (synthetic_reid)

@@ -7,11 +7,13 @@ Stable API (docs/input_pipeline.md):
   eval_batches(config_input, split, *, batch_size=None, multiple_of=1, data_dir=None)
                  -> iterator of dict(image, pid, camid, index, valid)
   dataset_info(config_input, data_dir=None) -> DatasetInfo(num_classes, num_cameras, ...)
-  train_plan(config_input, *, seed, num_epochs=None, data_dir=None) -> PKPlan
-                 (plan.num_batches(epoch) = iterations in that epoch)
+  train_plan(config_input, *, seed, num_epochs=None, data_dir=None) -> PKPlan | BalancedPlan
+                 (config_input.sampler 'pk' | 'balanced'; plan.num_batches(epoch) = iterations
+                 in that epoch)
 """
 
 from reid_jax.data.pipeline import (DatasetInfo, dataset_info, eval_batches,  # noqa: F401
                                     raw_images, train_iterator, train_plan)
-from reid_jax.data.sampler import PKPlan, PKSampler, epoch_plan, estimated_length  # noqa: F401
+from reid_jax.data.sampler import (BalancedPlan, PKPlan, PKSampler, epoch_plan,  # noqa: F401
+                                   estimated_length, make_plan)
 from reid_jax.data.transforms import Augment  # noqa: F401

@@ -26,7 +26,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from reid_jax.data.sampler import PKPlan, PKSampler
+from reid_jax.data.sampler import BalancedPlan, PKPlan, PKSampler, check_sampler, make_plan
 from reid_jax.data.transforms import Augment
 
 _EXTRA_IMAGES = ('parsing', 'texture')  # optional per-record images, decoded only when asked for
@@ -116,11 +116,14 @@ def dataset_info(config_input, data_dir: str | None = None) -> DatasetInfo:
 
 
 def train_plan(config_input, *, seed: int, num_epochs: int | None = None,
-               data_dir: str | None = None) -> PKPlan:
-  """The P x K plan of the train split: ``plan.num_batches(epoch)`` gives iterations per epoch."""
+               data_dir: str | None = None) -> PKPlan | BalancedPlan:
+  """The P x K plan of the train split that ``config_input.sampler`` names (``'pk'``:
+  ``PKPlan``, ``'balanced'``: MPN's ``BalancedPlan``); ``plan.num_batches(epoch)`` gives
+  iterations per epoch. An unknown sampler is a ``ValueError`` (before the dataset is opened)."""
+  sampler = check_sampler(config_input.get('sampler', 'pk'))
   builder = _open(config_input, data_dir)
-  return PKPlan(_columns(builder, 'train')['label'], config_input.p, config_input.k, seed,
-                num_epochs)
+  return make_plan(sampler, _columns(builder, 'train')['label'], config_input.p,
+                   config_input.k, seed, num_epochs)
 
 
 def _images(record, extras):
