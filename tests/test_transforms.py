@@ -202,3 +202,51 @@ def test_from_config_test_transform_is_resize_and_normalise():
   ref = np.asarray(Image.fromarray(img).resize((20, 40), Image.BICUBIC))
   np.testing.assert_allclose(out, _ref_normalize(ref), atol=1e-6)
   assert math.isclose(T.Augment.from_config(c).erasing_prob, c.erasing_prob)
+
+
+def _erased_box(image, fill):
+  """The box where every channel equals ``fill`` (an impossible value for a normalised pixel)."""
+  ys, xs = np.nonzero(np.all(image == np.float32(fill), axis=-1))
+  if ys.size == 0:
+    return None
+  box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+  assert ys.size == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a full rectangle
+  return box
+
+
+def test_erasing_sets_the_parsing_box_to_background():
+  fill = -9.0  # no (v/255 - mean)/std reaches it: the erased box is exactly where it appears
+  img, mask = _image(), np.full((40, 20, 1), 3, np.uint8)
+  mask[:, :10] = 5  # two parts: flips and shifts are visible in the mask
+  for erase_parsing in (True, False):
+    aug = T.Augment(size=(40, 20), flip_prob=0.5, crop='pad', pad=3, erasing_prob=1.0,
+                    erasing_fill=(fill,) * 3, erase_parsing=erase_parsing)
+    plain = T.Augment(size=(40, 20), flip_prob=0.5, crop='pad', pad=3, erasing_prob=0.0)
+    erased = 0
+    for s in range(20):
+      out = aug({'image': img, 'parsing': mask}, np.random.default_rng(s))
+      # The geometry alone, drawn the same (erasing draws come last).
+      ref = plain({'image': img, 'parsing': mask}, np.random.default_rng(s))['parsing']
+      box = _erased_box(out['image'], fill)
+      if box is None:
+        np.testing.assert_array_equal(out['parsing'], ref)
+        continue
+      erased += 1
+      expected = ref.copy()
+      if erase_parsing:
+        expected[box] = 0
+      assert (ref[box] != 0).any()  # the box covers body pixels, so erasing them is visible
+      np.testing.assert_array_equal(out['parsing'], expected)
+    assert erased >= 15
+  # No geometry at all (the mask passes through unchanged): the caller's array is not modified.
+  keep = mask.copy()
+  aug = T.Augment(size=(40, 20), flip_prob=0.0, crop='none', erasing_prob=1.0,
+                  erasing_fill=(fill,) * 3)
+  out = aug({'image': img, 'parsing': mask}, np.random.default_rng(0))
+  assert (out['parsing'] == 0).any()
+  np.testing.assert_array_equal(mask, keep)
+  from reid_jax import config_lib
+  c = config_lib.input_config()
+  assert c.erase_parsing is True and T.Augment.from_config(c).erase_parsing
+  c.erase_parsing = False
+  assert not T.Augment.from_config(c).erase_parsing

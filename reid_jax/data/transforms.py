@@ -5,8 +5,12 @@ Images are uint8 ``[H, W, 3]`` until normalisation, float32 afterwards. Random p
 drawn from a ``np.random.Generator`` in a fixed order (flip, translation/crop, erasing), so an
 example's augmentation is a pure function of its generator's seed. Geometry (resize, translation,
 flip, pad-crop) is applied identically to the parsing mask (nearest neighbour, padding =
-background); the identity texture only gets the SAN normalisation (never flipped, as in SAN's
-official loader).
+background), and so is random erasing when ``erase_parsing`` (``config.input.erase_parsing``,
+default): the erased box becomes background (0) in the mask, so a prior computed from the mask
+sees the occluder, as BPBreID's random erasing fills the masks with 0 (VlSomers/bpbreid
+torchreid/data/transforms.py ``build_transforms``: ``CoarseDropout(..., mask_fill_value=0)``;
+there the masks are per-part maps, zero in the box). The identity texture only gets the SAN
+normalisation (never flipped, as in SAN's official loader).
 
 Recipes:
   BoT / APNet: resize -> flip 0.5 -> Pad(10) + RandomCrop -> normalise -> erasing 0.5 (``u >= p``
@@ -136,6 +140,7 @@ class Augment:
   erasing_aspect: float = 0.3
   erasing_fill: tuple[float, float, float] = (0.485, 0.456, 0.406)
   erasing_test: str = '>='
+  erase_parsing: bool = True
   mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
   std: tuple[float, float, float] = (0.229, 0.224, 0.225)
   texture_size: int | None = None
@@ -162,12 +167,14 @@ class Augment:
     return cls(interpolation=c.interpolation, flip_prob=c.flip_prob, crop=c.crop, pad=c.pad,
                translate_prob=c.translate_prob, erasing_prob=c.erasing_prob,
                erasing_area=tuple(c.erasing_area), erasing_aspect=c.erasing_aspect,
-               erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test, **common)
+               erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test,
+               erase_parsing=c.erase_parsing, **common)
 
   def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
     """``example['image']`` uint8 ``[h, w, 3]`` (and optional ``parsing`` ``[h, w, 1]``,
     ``texture`` ``[t, t, 3]``) -> dict with ``image`` float32 ``[H, W, 3]``, ``parsing`` uint8
-    ``[H, W]``, ``texture`` float32 ``[T, T, 3]``. ``rng=None`` only for deterministic recipes."""
+    ``[H, W]`` (same geometry; the erased box is 0 when ``erase_parsing``), ``texture`` float32
+    ``[T, T, 3]``. ``rng=None`` only for deterministic recipes."""
     image, parsing = example['image'], example.get('parsing')
     out = {}
     # 1. Resize, or Random2DTranslation (resize x1.125, random crop).
@@ -199,6 +206,9 @@ class Augment:
       if box is not None:
         y0, x0, eh, ew = box
         image[y0:y0 + eh, x0:x0 + ew] = np.asarray(self.erasing_fill, np.float32)
+        if parsing is not None and self.erase_parsing:
+          parsing = parsing.copy()  # may be a view of the caller's array
+          parsing[y0:y0 + eh, x0:x0 + ew] = 0
     out['image'] = image
     if parsing is not None:
       out['parsing'] = np.ascontiguousarray(parsing.reshape(h, w))
