@@ -185,3 +185,58 @@ def test_dataset_info_and_clear_errors(data_dir, tmp_path):
     data.dataset_info(c, data_dir=str(tmp_path))
   with pytest.raises(ValueError, match='no split'):
     list(data.eval_batches(c, 'validation', data_dir=data_dir))
+  for where in (data_dir, str(tmp_path)):  # named before the dataset is even opened
+    with pytest.raises(ValueError, match=r"config.input.sampler must be one of \('pk', 'balanced'"):
+      data.train_plan(synthetic_tiny.input_config(sampler='mpn'), seed=0, data_dir=where)
+
+
+def _geometry_candidates(raw, pad):
+  """Every flip + Pad(pad)/RandomCrop result of ``raw`` ([H, W, ...] at the output size)."""
+  h, w = raw.shape[:2]
+  for flip in (False, True):
+    src = raw[:, ::-1] if flip else raw
+    padded = np.pad(src, ((pad, pad), (pad, pad)) + ((0, 0),) * (raw.ndim - 2))
+    for dy in range(2 * pad + 1):
+      for dx in range(2 * pad + 1):
+        yield padded[dy:dy + h, dx:dx + w]
+
+
+def test_balanced_sampler_with_parsing_masks_aligned_and_erased(data_dir):
+  """MPN's sampler on synthetic_reid with parsing masks: batches follow the official sampler and
+  every mask has its image's flip and crop, and is background where the image is erased."""
+  from tests.test_sampler import _OfficialBalanced  # pylint: disable=g-import-not-at-top
+  fill = -9.0  # out of the pixel range: erased pixels are exactly those equal to it
+  c = synthetic_tiny.input_config(sampler='balanced', parsing=True, erasing_fill=(fill,) * 3,
+                                  mean=(0.0, 0.0, 0.0), std=(1 / 255,) * 3)  # image = pixels
+  seed, b = 5, c.p * c.k
+  it = data.train_iterator(c, seed=seed, data_dir=data_dir)
+  try:
+    batches = _take(it, 3)
+  finally:
+    it.close()
+  labels = _train_labels(data_dir)
+  records = np.array(_OfficialBalanced(labels, c.p, c.k, seed).epoch()).reshape(-1, b)
+  assert len(records) == (labels.size - 1) // b == data.train_plan(
+      c, seed=seed, data_dir=data_dir).num_batches(0)
+  src = tfds.data_source('synthetic_reid/tiny', split='train', data_dir=data_dir, download=False,
+                         decoders={'texture': tfds.decode.SkipDecoding()})
+  erased_body = 0
+  for i, batch in enumerate(batches):
+    assert batch['parsing'].shape == (b, 64, 32) and batch['parsing'].dtype == np.uint8
+    np.testing.assert_array_equal(batch['label'], labels[records[i]])
+    for row, record in enumerate(records[i]):
+      raw = src[int(record)]
+      assert raw['image'].shape[:2] == (64, 32)  # stored at the output size: no resize
+      image, mask = batch['image'][row], batch['parsing'][row]
+      erased = np.all(image == np.float32(fill), axis=-1)
+      pixels = np.rint(image).astype(int)
+      matches = [(img_ref, mask_ref[..., 0]) for img_ref, mask_ref in zip(
+          _geometry_candidates(raw['image'].astype(int), c.pad),
+          _geometry_candidates(raw['parsing'], c.pad))
+          if np.array_equal(img_ref[~erased], pixels[~erased])]
+      assert matches, f'batch {i} row {row}: image is no flip/crop of its record'
+      assert (mask[erased] == 0).all()
+      assert any(np.array_equal(m[~erased], mask[~erased]) for _, m in matches), \
+          f'batch {i} row {row}: mask not aligned with the image'
+      erased_body += int(any((m[erased] != 0).any() for _, m in matches))
+  assert erased_body >= 5  # erasing hit body parts, so the zeroed mask was a real change
