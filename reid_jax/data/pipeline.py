@@ -1,6 +1,7 @@
 """grain input pipelines over prepared TFDS ReID datasets (docs/input_pipeline.md).
 
-Training: ``PKSampler`` (identity-balanced P x K, epochs end to end) -> read the record ->
+Training: ``PKSampler`` (identity-balanced P x K batches of the plan ``config.input.sampler``
+names, ``'pk'`` or MPN's ``'balanced'``, epochs end to end) -> read the record ->
 ``Augment`` with a generator seeded by ``(seed, global example position)`` -> batch this process's
 ``P*K/process_count`` rows -> grain iterator. The iterator state is one position, so
 ``get_state``/``set_state`` (or ``grain.checkpoint.CheckpointSave``/``CheckpointRestore`` in
