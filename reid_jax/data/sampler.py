@@ -231,25 +231,25 @@ class BalancedPlan(_EpochPlans):
   def _run(self, epoch: int) -> np.ndarray:
     """Runs the sampler over epoch ``epoch`` from its start state; records the end state."""
     order, used, rng_state = self._states[epoch]
-    order, used = order.copy(), used.copy()
+    order, used = order.copy(), used.tolist()  # Python ints: the loop is scalar work
     rng = np.random.Generator(np.random.PCG64())
     rng.bit_generator.state = rng_state
-    p, k = self.p, self.k
+    p, k, counts, starts = self.p, self.k, self._counts.tolist(), self._starts.tolist()
     out = np.empty((self._batches, p, k), np.int64)
     for b in range(self._batches):
-      for j, c in enumerate(rng.choice(self._counts.size, p, replace=False)):
-        n = int(self._counts[c])
-        members = order[self._starts[c]:self._starts[c] + n]  # a view: shuffled in place
-        if used[c] + k > n:  # fewer than K images: K drawn with replacement
+      for j, c in enumerate(rng.choice(len(counts), p, replace=False).tolist()):
+        n, u = counts[c], used[c]
+        members = order[starts[c]:starts[c] + n]  # a view: shuffled in place
+        if u + k > n:  # fewer than K images: K drawn with replacement
           out[b, j] = rng.choice(members, k, replace=True)
         else:
-          out[b, j] = members[used[c]:used[c] + k]
-        used[c] += k
-        if used[c] + k > n:  # not enough left for another group: reshuffle, start over
+          out[b, j] = members[u:u + k]
+        used[c] = u = u + k
+        if u + k > n:  # not enough left for another group: reshuffle, start over
           rng.shuffle(members)
           used[c] = 0
     if len(self._states) == epoch + 1:
-      self._states.append((order, used, rng.bit_generator.state))
+      self._states.append((order, np.array(used, np.int64), rng.bit_generator.state))
     return out
 
 

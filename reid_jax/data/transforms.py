@@ -168,7 +168,7 @@ class Augment:
                translate_prob=c.translate_prob, erasing_prob=c.erasing_prob,
                erasing_area=tuple(c.erasing_area), erasing_aspect=c.erasing_aspect,
                erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test,
-               erase_parsing=c.erase_parsing, **common)
+               erase_parsing=c.get('erase_parsing', True), **common)
 
   def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
     """``example['image']`` uint8 ``[h, w, 3]`` (and optional ``parsing`` ``[h, w, 1]``,
