@@ -113,7 +113,7 @@ class TrainCheckpointManager:
     import grain
     args = ocp.args.Composite(
         model=ocp.args.StandardSave(self._model_state(state)),
-        train=ocp.args.StandardSave({k: state[k] for k in ('opt_state', 'centers', 'step')}),
+        train=ocp.args.StandardSave({k: state[k] for k in ('opt_state', 'extra', 'step')}),
         meta=ocp.args.JsonSave(meta),
         data=grain.checkpoint.CheckpointSave(data_iter))
     self._mngr.save(step, args=args, force=force)
@@ -124,7 +124,7 @@ class TrainCheckpointManager:
     from absl import logging
     for step in sorted(self._mngr.all_steps(), reverse=True):
       model_target = _abstract(self._model_state(state))
-      train_target = _abstract({k: state[k] for k in ('opt_state', 'centers', 'step')})
+      train_target = _abstract({k: state[k] for k in ('opt_state', 'extra', 'step')})
       try:
         restored = self._mngr.restore(step, args=ocp.args.Composite(
             model=ocp.args.StandardRestore(model_target),

@@ -29,16 +29,28 @@ def warmup_multistep_factor(last_epoch: int, *, milestones, gamma: float, warmup
   return warm * gamma ** bisect.bisect_right(list(milestones), last_epoch)
 
 
+# Scheduler position (``last_epoch``) during epoch ``e`` is ``e + STEP_AT[step_at]``.
+STEP_AT = {
+    # ``scheduler.step()`` before each epoch's first iteration, PyTorch >= 1.1 (BoT): the
+    # constructor already counts as one step, so epoch e runs at position e + 1.
+    'epoch_start': 1,
+    # ``scheduler.step()`` after each epoch (APNet): epoch e runs at position e.
+    'epoch_end': 0,
+    # ``scheduler.step()`` at epoch start under PyTorch <= 1.0 (MPN's PyTorch 0.4): the first
+    # call moves position -1 to 0, so epoch e runs at position e.
+    'epoch_start_torch04': 0,
+}
+
+
 def epoch_learning_rates(optim_config, num_epochs: int) -> np.ndarray:
   """The learning rate in force during each epoch, ``[num_epochs]`` (index 0 = first epoch).
 
-  With ``step_at='epoch_start'`` the scheduler has been stepped ``e + 1`` times during epoch
-  ``e``; with ``'epoch_end'``, ``e`` times.
+  ``step_at`` says when the official code steps its scheduler (``STEP_AT``).
   """
   c = optim_config
-  if c.step_at not in ('epoch_start', 'epoch_end'):
-    raise ValueError(f"config.optim.step_at must be 'epoch_start' or 'epoch_end', got {c.step_at!r}")
-  offset = 1 if c.step_at == 'epoch_start' else 0
+  if c.step_at not in STEP_AT:
+    raise ValueError(f'config.optim.step_at must be one of {tuple(STEP_AT)}, got {c.step_at!r}')
+  offset = STEP_AT[c.step_at]
   out = []
   for e in range(num_epochs):
     last_epoch = e + offset

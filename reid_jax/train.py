@@ -1,6 +1,7 @@
 """The one training loop every method plugs into.
 
-A method contributes a model builder and a loss (``reid_jax.models.registry``); everything else is
+A method contributes a ``registry.Method`` (model builder, training loss over the whole batch,
+optional extra state and optimizer groups; ``reid_jax.models.registry``); everything else is
 shared: the P x K input pipeline, the PyTorch-exact optimizer and per-epoch learning rate, the
 sharded jitted step, orbax checkpoints with exact resume and preemption, clu logging and periodic
 evaluation.
@@ -12,7 +13,6 @@ for evaluation and for checkpoints.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import time
@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding
@@ -33,7 +32,7 @@ from reid_jax import fileio
 from reid_jax import models, optim
 from reid_jax.models import registry
 
-TrainState = dict[str, Any]  # params, rest, opt_state, centers, step
+TrainState = dict[str, Any]  # params, rest, opt_state, extra, step
 
 
 # ----------------------------------------------------------------------------------- mesh
@@ -73,87 +72,190 @@ def param_sharding(mesh, x) -> NamedSharding:
 
 
 # ----------------------------------------------------------------------------------- state
-def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState, Any]:
-  """Builds the model, optimizer and center-loss centres; returns ``(graphdef, state, tx)``."""
+def _path_name(path) -> str:
+  """``'head/classifier/kernel'`` for a parameter's pytree path (the Variable's ``.value`` left
+  out)."""
+  parts = [str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path]
+  if parts and isinstance(path[-1], jax.tree_util.GetAttrKey) and parts[-1] == 'value':
+    parts.pop()
+  return '/'.join(parts)
+
+
+class Optimizers:
+  """The method's optimizer groups (``registry.OptimizerGroup``) over one parameter tree.
+
+  Each group runs its ``reid_jax.optim`` optimizer on the flat ``{path: array}`` dict of the
+  parameters it owns; ``init(params)`` gives ``{group: state}``.
+  """
+
+  def __init__(self, groups, config, params):
+    self.groups = groups
+    leaves, self._treedef = jax.tree_util.tree_flatten_with_path(params)
+    self.paths = [_path_name(p) for p, _ in leaves]
+    self.owned = {}
+    self.tx = {}
+    for g in groups:
+      owned = [p for p in self.paths if g.owns(p)]
+      if not owned:
+        raise ValueError(f'optimizer group {g.name!r} owns no parameter')
+      if g.section not in config:
+        raise ValueError(f'optimizer group {g.name!r} reads config.{g.section}, which is missing')
+      self.owned[g.name] = owned
+      self.tx[g.name] = optim.make_optimizer(config[g.section], self.select(params, owned))
+
+  def flat(self, tree) -> dict[str, Any]:
+    return dict(zip(self.paths, jax.tree.leaves(tree)))
+
+  def select(self, tree, owned) -> dict[str, Any]:
+    flat = self.flat(tree)
+    return {p: flat[p] for p in owned}
+
+  def init(self, params) -> dict[str, Any]:
+    return {g.name: self.tx[g.name].init(self.select(params, self.owned[g.name]))
+            for g in self.groups}
+
+  def apply(self, params, grads, opt_state, lrs):
+    """New ``(params, opt_state)``: every group's update from the gradient of its objective at
+    ``params``, scaled by its learning rate, added. A group whose learning rate is 0 neither
+    moves its parameters nor advances its state (phases such as SAN's warm-up optimizer)."""
+    total = {}
+    new_state = {}
+    for g in self.groups:
+      owned = self.owned[g.name]
+      lr = lrs[g.name]
+      updates, state = self.tx[g.name].update(self.select(grads[g.objective], owned),
+                                              opt_state[g.name], self.select(params, owned))
+      if len(self.groups) > 1:
+        active = lr != 0
+        state = jax.tree.map(lambda new, old: jnp.where(active, new, old), state,
+                             opt_state[g.name])
+      new_state[g.name] = state
+      for p, u in optim.apply_learning_rate(updates, lr).items():
+        total[p] = u if p not in total else total[p] + u
+    flat = self.flat(params)
+    new = [flat[p] + total[p] if p in total else flat[p] for p in self.paths]
+    return jax.tree.unflatten(self._treedef, new), new_state
+
+  def learning_rates(self, config, num_epochs: int) -> dict[str, np.ndarray]:
+    """``{group: [num_epochs]}``: the learning rate in force during each epoch."""
+    return {g.name: optim.epoch_learning_rates(config[g.section], num_epochs)
+            for g in self.groups}
+
+
+def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState, Optimizers]:
+  """Builds the model, its optimizers and extra state; returns ``(graphdef, state, optimizers)``.
+
+  ``state = {'params', 'rest', 'opt_state': {group: ...}, 'extra', 'step'}``, placed on ``mesh``.
+  """
+  method = registry.get_method(config.model.name)
   model = models.build_model(config.model, num_classes, seed=config.seed)
   if config.get('init_checkpoint'):
     src = ckpt_lib.restore_model(config.model, config.init_checkpoint)
     nnx.update(model, nnx.state(src))
     logging.info('initialised from %s', config.init_checkpoint)
+  extra = None
+  if method.init_extra is not None:
+    extra = method.init_extra(config, model, num_classes, jax.random.key(config.seed + 1))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  tx = optim.make_optimizer(config.optim, params)
-  centers = None
-  if config.loss.center_weight > 0:
-    # Centres live in the space of the train-mode 'global_feat' (randn init, as BoT's CenterLoss).
-    h, w = config.input.size
-    out = nnx.eval_shape(lambda m: m(jnp.zeros((2, h, w, 3))), model)
-    dim = out['global_feat'].shape[-1]
-    centers = jax.random.normal(jax.random.key(config.seed + 1), (num_classes, dim), jnp.float32)
-  state = {'params': params, 'rest': rest, 'opt_state': tx.init(params), 'centers': centers,
+  optimizers = Optimizers(method.groups(config), config, params)
+  state = {'params': params, 'rest': rest, 'opt_state': optimizers.init(params), 'extra': extra,
            'step': jnp.zeros([], jnp.int32)}
   state = jax.device_put(state, jax.tree.map(lambda x: param_sharding(mesh, x), state))
-  return graphdef, state, tx
+  return graphdef, state, optimizers
 
 
-def make_train_step(graphdef, tx, config, mesh):
-  """A jitted ``(state, batch, lr) -> (state, metrics)`` with the state donated.
+def make_train_step(graphdef, optimizers: Optimizers, config, mesh):
+  """A jitted ``(state, batch, lr, context=None) -> (state, metrics)`` with the state donated.
 
+  ``batch`` holds the method's ``batch_fields``; ``lr`` is a scalar (every optimizer group) or
+  ``{group: scalar}``; ``context`` is ``{'epoch', 'epoch_step'}`` int32 scalars (0 if omitted).
   ``config.grad_accum_steps = n > 1`` splits the batch into ``n`` consecutive micro-batches
   (each must hold whole identities: ``P*K/n`` a multiple of K) and averages their gradients;
   BatchNorm statistics are updated micro-batch after micro-batch. Triplet mining then sees one
   micro-batch at a time, as it would on a smaller device.
   """
-  loss_fn = registry.get_loss(config.model.name)
-  loss_config = config.loss
+  del mesh
+  method = registry.get_method(config.model.name)
+  objectives_of = sorted({g.objective for g in optimizers.groups})
   accum = int(config.get('grad_accum_steps', 1) or 1)
   if accum > 1 and (config.input.p * config.input.k) % (accum * config.input.k):
     raise ValueError(f'config.grad_accum_steps={accum} must split the P*K batch into whole '
                      f'identities (P={config.input.p} divisible by {accum})')
 
-  def objective(params, centers, rest, images, labels):
+  def forward(params, extra, rest, batch, context):
     # NNX variables may only be mutated in the trace that created them: rebuild the BN-stat
     # variables inside the gradient trace (tree.map unflattens into fresh Variable objects).
     model = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
-    outputs = model(images)
-    loss, metrics = loss_fn(outputs, labels, loss_config, centers)
+    objectives, metrics, aux = method.loss(model, batch, extra=extra, config=config,
+                                           context=context)
+    missing = [o for o in objectives_of if o not in objectives]
+    if missing:
+      raise ValueError(f'method {method.name!r}: its loss returned objectives {sorted(objectives)}'
+                       f', but optimizer groups descend {missing}')
     _, _, rest = nnx.split(model, nnx.Param, ...)
-    return loss, (metrics, rest)
+    return {o: objectives[o] for o in objectives_of}, (metrics, aux, rest)
 
-  grad_fn = jax.value_and_grad(objective, argnums=(0, 1), has_aux=True)
+  def gradients(params, extra, rest, batch, context):
+    """``{objective: (grad params, grad extra)}``, metrics, aux, new rest: one forward pass and
+    one backward pass per objective."""
+    objectives, vjp_fn, (metrics, aux, rest) = jax.vjp(
+        lambda p, e: forward(p, e, rest, batch, context), params, extra, has_aux=True)
+    grads = {}
+    for o in objectives_of:
+      cotangent = {k: jnp.ones_like(v) if k == o else jnp.zeros_like(v)
+                   for k, v in objectives.items()}
+      grads[o] = vjp_fn(cotangent)
+    return grads, metrics, aux, rest
 
-  def gradients(state, batch):
+  def accumulated(state, batch, context):
     if accum == 1:
-      (_, (metrics, rest)), grads = grad_fn(state['params'], state['centers'], state['rest'],
-                                            batch['image'], batch['label'])
-      return grads, metrics, rest
-    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]),
-                         {'image': batch['image'], 'label': batch['label']})
+      return gradients(state['params'], state['extra'], state['rest'], batch, context)
+    micro = jax.tree.map(lambda x: x.reshape(accum, x.shape[0] // accum, *x.shape[1:]), batch)
 
     def body(carry, mb):
       grads_sum, rest = carry
-      (_, (metrics, rest)), grads = grad_fn(state['params'], state['centers'], rest,
-                                            mb['image'], mb['label'])
-      return (jax.tree.map(jnp.add, grads_sum, grads), rest), metrics
+      grads, metrics, aux, rest = gradients(state['params'], state['extra'], rest, mb, context)
+      return (jax.tree.map(_add, grads_sum, grads), rest), (metrics, aux)
 
-    zeros = jax.tree.map(jnp.zeros_like, (state['params'], state['centers']))
-    (grads, rest), metrics = jax.lax.scan(body, (zeros, state['rest']), micro)
-    grads = jax.tree.map(lambda g: g / accum, grads)
-    return grads, jax.tree.map(jnp.mean, metrics), rest
+    zeros = {o: jax.tree.map(_zeros_like, (state['params'], state['extra']))
+             for o in objectives_of}
+    (grads, rest), (metrics, aux) = jax.lax.scan(body, (zeros, state['rest']), micro)
+    grads = jax.tree.map(lambda g: g / accum if g.dtype != jax.dtypes.float0 else g, grads)
+    aux = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), aux)
+    return grads, jax.tree.map(jnp.mean, metrics), aux, rest
 
-  def step(state, batch, lr):
-    (g_params, g_centers), metrics, rest = gradients(state, batch)
-    updates, opt_state = tx.update(g_params, state['opt_state'], state['params'])
-    params = optax.apply_updates(state['params'], optim.apply_learning_rate(updates, lr))
-    centers = state['centers']
-    if centers is not None:
-      # BoT: the centres' gradient is rescaled by 1 / center_weight, then SGD(center_lr).
-      centers = centers - config.optim.center_lr * g_centers / loss_config.center_weight
-    metrics = dict(metrics, lr=lr)
-    new_state = {'params': params, 'rest': rest, 'opt_state': opt_state, 'centers': centers,
+  def step(state, batch, lr, context=None):
+    if context is None:
+      context = {'epoch': jnp.zeros([], jnp.int32), 'epoch_step': jnp.zeros([], jnp.int32)}
+    ctx = registry.StepContext(step=state['step'], epoch=context['epoch'],
+                               epoch_step=context['epoch_step'])
+    lrs = lr if isinstance(lr, dict) else {g.name: lr for g in optimizers.groups}
+    grads, metrics, aux, rest = accumulated(state, batch, ctx)
+    params, opt_state = optimizers.apply(state['params'], {o: g[0] for o, g in grads.items()},
+                                         state['opt_state'], lrs)
+    extra = state['extra']
+    if method.update_extra is not None and extra is not None:
+      extra = method.update_extra(extra, {o: g[1] for o, g in grads.items()}, aux, config)
+    metrics = dict(metrics)
+    if len(optimizers.groups) == 1:
+      metrics['lr'] = lrs[optimizers.groups[0].name]
+    else:
+      metrics.update({f'lr/{name}': v for name, v in lrs.items()})
+    new_state = {'params': params, 'rest': rest, 'opt_state': opt_state, 'extra': extra,
                  'step': state['step'] + 1}
     return new_state, metrics
 
   return jax.jit(step, donate_argnums=0)
+
+
+def _add(a, b):
+  return a if a.dtype == jax.dtypes.float0 else a + b
+
+
+def _zeros_like(x):
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.zeros_like(x)
+  return np.zeros(x.shape, jax.dtypes.float0)
 
 
 def model_from_state(graphdef, state) -> nnx.Module:
@@ -161,11 +263,20 @@ def model_from_state(graphdef, state) -> nnx.Module:
 
 
 # ----------------------------------------------------------------------------------- data
-def put_batch(mesh, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-  """This process's slice of the global batch -> global arrays sharded over the batch axes."""
+def put_batch(mesh, batch: dict[str, np.ndarray],
+              fields: tuple[str, ...] = ('image', 'label')) -> dict[str, jax.Array]:
+  """This process's slice of the global batch -> global arrays sharded over the batch axes.
+
+  Only ``fields`` (the method's ``batch_fields``) are sent to the devices; a missing one is an
+  error naming the config switch that yields it.
+  """
+  missing = [f for f in fields if f not in batch]
+  if missing:
+    raise ValueError(f'the method needs batch fields {missing} that the input pipeline does not '
+                     f'yield; enable them with config.input.<field>=True (e.g. '
+                     f'config.input.parsing) on a dataset that has them')
   sharding = NamedSharding(mesh, P(batch_axes(mesh)))
-  return {k: jax.make_array_from_process_local_data(sharding, v)
-          for k, v in batch.items() if k in ('image', 'label')}
+  return {k: jax.make_array_from_process_local_data(sharding, batch[k]) for k in fields}
 
 
 # ----------------------------------------------------------------------------------- eval
@@ -307,7 +418,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   mesh = make_mesh(config)
   plan = data.train_plan(config.input, seed=config.seed, num_epochs=config.num_epochs,
                          data_dir=data_dir)
-  epoch_lrs = optim.epoch_learning_rates(config.optim, config.num_epochs)
   # Global step at which each epoch ends (P x K epochs differ in length, as the official sampler's).
   epoch_ends = np.cumsum([plan.num_batches(e) for e in range(config.num_epochs)])
   num_steps = int(epoch_ends[-1])
@@ -315,8 +425,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_steps = min(num_steps, config.max_steps)
 
   with jax.set_mesh(mesh):
-    graphdef, state, tx = init_state(config, info.num_classes, mesh)
-    train_step = make_train_step(graphdef, tx, config, mesh)
+    graphdef, state, optimizers = init_state(config, info.num_classes, mesh)
+    train_step = make_train_step(graphdef, optimizers, config, mesh)
+    epoch_lrs = optimizers.learning_rates(config, config.num_epochs)
+    fields = registry.get_method(config.model.name).batch_fields(config)
     train_iter = data.train_iterator(config.input, seed=config.seed,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(),
@@ -349,8 +461,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       while step < num_steps:
         batch = next(train_iter)
         epoch = int(batch['epoch'][0])
-        lr = jnp.float32(epoch_lrs[min(epoch, len(epoch_lrs) - 1)])
-        state, metrics = train_step(state, put_batch(mesh, batch), lr)
+        lr = {g: jnp.float32(t[min(epoch, len(t) - 1)]) for g, t in epoch_lrs.items()}
+        epoch_start = int(epoch_ends[epoch - 1]) if epoch else 0
+        context = {'epoch': jnp.int32(epoch), 'epoch_step': jnp.int32(step - epoch_start)}
+        state, metrics = train_step(state, put_batch(mesh, batch, fields), lr, context)
         step += 1
         seen += batch['image'].shape[0] * jax.process_count()
         for h in hooks:

@@ -285,8 +285,8 @@ def test_spatial_pyramid_trains_and_model_shapes():
 
 # ------------------------------------------------------------------------------- config, loss
 def test_loss_is_the_bot_loss():
-  assert registry.get_loss('apnet') is bot.bnneck_loss
-  assert registry.get_loss('baseline') is bot.bnneck_loss
+  assert registry.get_method('apnet').loss is bot.bnneck_loss
+  assert registry.get_method('baseline').loss is bot.bnneck_loss
 
 
 def test_resnet_stage_accessors_compose_to_call():

@@ -52,8 +52,8 @@ def test_one_step_equals_hand_written_step():
 
   def loss(p):
     m = nnx.merge(graphdef, p, jax.tree.map(lambda x: x, rest))  # fresh BN variables per trace
-    out = m(jnp.asarray(data['image']))
-    return models.get_loss('baseline')(out, jnp.asarray(data['label']), c.loss, None)[0]
+    b = {'image': jnp.asarray(data['image']), 'label': jnp.asarray(data['label'])}
+    return models.get_method('baseline').loss(m, b, extra=None, config=c)[0]['loss']
 
   value, grads = jax.value_and_grad(loss)(params)
   wd = c.optim.weight_decay
@@ -108,7 +108,7 @@ def test_center_loss_centres_follow_bot_sgd_rule():
   mesh = train.make_mesh(c)
   with jax.set_mesh(mesh):
     graphdef, state, _ = train.init_state(c, 6, mesh)
-    centers0 = np.asarray(state['centers'])
+    centers0 = np.asarray(state['extra']['centers'])
     model = train.model_from_state(graphdef, jax.device_get(state))
     feats = np.asarray(nnx.jit(lambda m, x: m(x))(model, data['image'])['global_feat'])
   _, new_state, metrics = run_step(c, data)
@@ -118,7 +118,7 @@ def test_center_loss_centres_follow_bot_sgd_rule():
     members = data['label'] == j
     grad = -(2.0 / b) * np.sum(feats[members] - centers0[j], axis=0)
     expected[j] = centers0[j] - c.optim.center_lr * grad
-  np.testing.assert_allclose(new_state['centers'], expected, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(new_state['extra']['centers'], expected, rtol=1e-4, atol=1e-5)
   assert 'center' in metrics
 
 

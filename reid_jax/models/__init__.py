@@ -2,6 +2,7 @@
 
 Stable API:
   build_model(model_config, num_classes, seed=0) -> nnx.Module
+  get_method(name) -> Method (builder, training loss, extra state, optimizer groups)
   embed(model, images_nhwc) -> [B, D] test feature (eval mode; no flip, no L2 normalisation)
 """
 
@@ -13,7 +14,9 @@ from flax import nnx
 
 from reid_jax.models import apnet  # noqa: F401  (registers 'apnet')
 from reid_jax.models import bot  # noqa: F401  (registers 'baseline')
-from reid_jax.models.registry import get_builder, get_loss, names, register  # noqa: F401
+from reid_jax.models import mpn  # noqa: F401  (registers 'mpn')
+from reid_jax.models.registry import (Method, OptimizerGroup, StepContext, get_builder,  # noqa: F401
+                                      get_method, names, register_method)
 from reid_jax.models.resnet import ResNet  # noqa: F401
 
 

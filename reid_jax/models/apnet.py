@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from reid_jax.models import registry
-from reid_jax.models.bot import BNNeckHead
+from reid_jax.models.bot import BNNeckHead, bnneck_loss, init_centers, update_centers
 from reid_jax.models.layers import BatchNorm, conv, global_avg_pool, torch_default_uniform
 from reid_jax.models.resnet import ResNet, resnet_from_config
 
@@ -246,7 +246,6 @@ class APNet(nnx.Module):
     return self.head(global_feat, train=False)
 
 
-@registry.register('apnet')
 def build_apnet(model_config, num_classes: int, *, rngs: nnx.Rngs) -> APNet:
   get = model_config.get
   return APNet(resnet_from_config(model_config, rngs=rngs), num_classes,
@@ -254,3 +253,8 @@ def build_apnet(model_config, num_classes: int, *, rngs: nnx.Rngs) -> APNet:
                pyramid=get('pyramid', 'official'), se_hidden=get('se_hidden', 8),
                logits_as_feature=get('logits_as_feature', False),
                neck_feat=get('neck_feat', 'after'), rngs=rngs)
+
+
+METHOD = registry.register_method(registry.Method(
+    name='apnet', build=build_apnet, loss=bnneck_loss, init_extra=init_centers,
+    update_extra=update_centers))

@@ -1,6 +1,6 @@
 """BoT strong baseline (Luo et al. 2019): ResNet (last stride 1, no stem ReLU) -> GAP -> BNNeck -> classifier.
 
-methods.md §1. The BNNeck is a BatchNorm1d whose bias is frozen at 0; the classifier has no bias and
+Official code: michuanhaohao/reid-strong-baseline ``modeling/baseline.py``. The BNNeck is a BatchNorm1d whose bias is frozen at 0; the classifier has no bias and
 is initialised N(0, 0.001²).
 """
 
@@ -60,16 +60,22 @@ class Baseline(nnx.Module):
     return self.head(global_avg_pool(self.base(x)), train=not self.use_running_average)
 
 
-@registry.register('baseline')
 def build_baseline(model_config, num_classes: int, *, rngs: nnx.Rngs) -> Baseline:
   return Baseline(resnet_from_config(model_config, rngs=rngs), num_classes,
                   neck_feat=model_config.get('neck_feat', 'after'), rngs=rngs)
 
 
-@registry.register_loss('baseline', 'apnet')
-def bnneck_loss(outputs, labels, loss_config, centers=None):
+def bnneck_loss(model, batch, *, extra, config, context=None):
   """BoT/APNet loss: label-smoothed CE on the logits + batch-hard triplet on the pre-BN feature
-  (+ ``center_weight`` x center loss on it). methods.md §1.2, §2.3."""
+  (+ ``center_weight`` x center loss on it, the centres being ``extra['centers']``).
+
+  BoT ``layers/__init__.py::make_loss_with_center``; APNet ``layers/__init__.py``.
+  Returns ``({'loss': total}, metrics, None)``.
+  """
+  del context
+  loss_config = config.loss
+  labels = batch['label']
+  outputs = model(batch['image'])
   ce = losses.cross_entropy_label_smooth(outputs['logits'], labels, loss_config.ce_epsilon,
                                          loss_config.get('ce_num_classes'))
   margin = None if loss_config.triplet_soft_margin else loss_config.triplet_margin
@@ -77,9 +83,33 @@ def bnneck_loss(outputs, labels, loss_config, centers=None):
   total = ce + triplet
   metrics = {'ce': ce, 'triplet': triplet,
              'accuracy': jnp.mean(jnp.argmax(outputs['logits'], -1) == labels)}
-  if centers is not None:
-    center = losses.center_loss(outputs['global_feat'], labels, centers)
+  if extra is not None:
+    center = losses.center_loss(outputs['global_feat'], labels, extra['centers'])
     total = total + loss_config.center_weight * center
     metrics['center'] = center
   metrics['loss'] = total
-  return total, metrics
+  return {'loss': total}, metrics, None
+
+
+def init_centers(config, model, num_classes: int, key):
+  """BoT's center-loss centres ``[num_classes, D]`` (randn, as its ``CenterLoss``) in the space of
+  the train-mode ``global_feat``; None without center loss."""
+  if not config.loss.get('center_weight'):
+    return None
+  h, w = config.input.size
+  out = nnx.eval_shape(lambda m: m(jnp.zeros((2, h, w, 3))), model)
+  dim = out['global_feat'].shape[-1]
+  return {'centers': jax.random.normal(key, (num_classes, dim), jnp.float32)}
+
+
+def update_centers(extra, grads, aux, config):
+  """BoT: the centres' gradient is rescaled by ``1 / center_weight``, then SGD(``center_lr``)."""
+  del aux
+  centers = extra['centers']
+  g = grads['loss']['centers']
+  return {'centers': centers - config.optim.center_lr * g / config.loss.center_weight}
+
+
+METHOD = registry.register_method(registry.Method(
+    name='baseline', build=build_baseline, loss=bnneck_loss, init_extra=init_centers,
+    update_extra=update_centers))

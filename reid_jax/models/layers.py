@@ -82,19 +82,29 @@ class BatchNorm(nnx.Module):
     self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
     self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, mask: Array | None = None) -> Array:
+    """``mask`` (train mode only; shape ``x.shape[:-1]``, bool): take the batch statistics over
+    the masked positions alone (every position is still normalised), as a BatchNorm applied to
+    just those positions would (MPN's part regions). Ignored in eval mode."""
     dtype = x.dtype
     xf = x.astype(jnp.float32)
     if self.use_running_average:
       mean, var = self.mean[...], self.var[...]
     else:
       axes = tuple(range(x.ndim - 1))
-      n = 1
-      for a in axes:
-        n *= x.shape[a]
-      mean = jnp.mean(xf, axes)
-      var = jnp.mean(jnp.square(xf - mean), axes)
-      unbiased = var * (n / max(n - 1, 1))
+      if mask is None:
+        n = 1
+        for a in axes:
+          n *= x.shape[a]
+        mean = jnp.mean(xf, axes)
+        var = jnp.mean(jnp.square(xf - mean), axes)
+        unbiased = var * (n / max(n - 1, 1))
+      else:
+        m = mask.astype(jnp.float32)[..., None]
+        n = jnp.sum(m)
+        mean = jnp.sum(xf * m, axes) / n
+        var = jnp.sum(jnp.square(xf - mean) * m, axes) / n
+        unbiased = var * (n / jnp.maximum(n - 1, 1))
       m = self.momentum
       self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
       self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
