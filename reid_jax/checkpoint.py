@@ -122,6 +122,9 @@ class TrainCheckpointManager:
     """``(state, step)`` from the newest readable step, or ``(state, 0)`` when there is none."""
     import grain
     from absl import logging
+    # A step that fails part-way may already have moved the live iterator (orbax restores the
+    # items one by one): put it back before trying the next step.
+    initial_data_state = data_iter.get_state()
     for step in sorted(self._mngr.all_steps(), reverse=True):
       model_target = _abstract(self._model_state(state))
       train_target = _abstract({k: state[k] for k in ('opt_state', 'extra', 'step')})
@@ -134,6 +137,7 @@ class TrainCheckpointManager:
         logging.warning('checkpoint step %d in %s is unreadable (%s: %s); moving it aside and '
                         'trying the previous one', step, self.directory, type(e).__name__, e)
         self._quarantine(step)
+        data_iter.set_state(initial_data_state)
         continue
       model = nnx.merge(self.graphdef, state['params'], state['rest'])
       nnx.update(model, restored.model)
