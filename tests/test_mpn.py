@@ -329,6 +329,25 @@ def test_class_count_is_read_from_the_first_mt_classifier():
     classifier_rows({'base.0.weight': np.zeros(1)}, narrow_config())
 
 
+def test_masked_max_pool_routes_the_gradient_to_the_first_maximum():
+  # F.max_pool2d semantics: the value at the first maximal position (row-major) among the masked
+  # ones, all of the gradient there, even on ties (jnp.max would split it).
+  x = np.zeros((1, 2, 3, 2), np.float32)
+  x[0, 0, 1, 0] = x[0, 1, 2, 0] = 5.0       # channel 0: a tie
+  x[0, 0, 0, 1], x[0, 1, 1, 1] = 9.0, 4.0   # channel 1: its maximum is masked out
+  mask = np.ones((1, 2, 3), bool)
+  mask[0, 0, 0] = False
+  value, grad = jax.value_and_grad(
+      lambda x: jnp.sum(mpn_lib.masked_max_pool(x, jnp.asarray(mask)) * jnp.asarray([1., 2.])))(
+          jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(mpn_lib.masked_max_pool(jnp.asarray(x),
+                                                                   jnp.asarray(mask))), [[5, 4]])
+  expected = np.zeros_like(x)
+  expected[0, 0, 1, 0], expected[0, 1, 1, 1] = 1.0, 2.0
+  np.testing.assert_array_equal(np.asarray(grad), expected)
+  assert float(value) == 13.0
+
+
 # ------------------------------------------------------------------------------- the losses alone
 def test_class_alignment_loss_hand_values():
   # Identities (label order irrelevant): 3 -> mean S (1, 1), mean T (1, 1): 1 - cos = 0;

@@ -121,7 +121,7 @@ def hardest_triplets(emb: torch.Tensor, labels: np.ndarray, margin: float) -> np
   largest distance (first in batch order on ties), then the negative maximising
   ``d_ap - d_an + margin``, kept when that is > 0. With no triplet kept: one triplet made of the
   last anchor with a positive, its hardest positive and its first negative."""
-  e = emb.detach().double()
+  e = emb.detach().cpu().double()
   sq = (e * e).sum(1)
   d = (sq[None, :] + sq[:, None] - 2 * e @ e.t()).numpy()
   out, last = [], None
@@ -154,7 +154,7 @@ def torch_mpn_loss(mt_feats, mt_logits, at_feats, at_logits, labels, p, k, margi
   align = sum(1 - cos(s[i * k:(i + 1) * k].mean(0), t[i * k:(i + 1) * k].mean(0))
               for i in range(p)) / p
   emb = s / (s.norm(2, 1, keepdim=True) + 1e-12)
-  tri = torch.as_tensor(hardest_triplets(emb, labels.numpy(), margin))
+  tri = torch.as_tensor(hardest_triplets(emb, labels.cpu().numpy(), margin), device=emb.device)
   ap = (emb[tri[:, 0]] - emb[tri[:, 1]]).pow(2).sum(1)
   an = (emb[tri[:, 0]] - emb[tri[:, 2]]).pow(2).sum(1)
   triplet = F.relu(ap - an + margin).mean()
