@@ -207,7 +207,7 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
     variable.set_value(value)
   if skipped:
     logging.warning('checkpoint classifier keys of another class count left at their initial '
-                 'value (skip_mismatched_classifiers): %s', ', '.join(sorted(skipped)))
+                    'value (skip_mismatched_classifiers): %s', ', '.join(sorted(skipped)))
   unused = sorted(k for k in state_dict if k not in targets and k not in aliases
                   and not k.endswith('num_batches_tracked'))
   return LoadReport(loaded=sorted(set(wanted) - set(skipped)), unused=unused,
