@@ -15,7 +15,12 @@ labels):
   ``first_call_s`` shows).
 * PyTorch: ``tests.torch_reference.TorchBoT`` (same architecture), the same losses written in
   torch, ``torch.optim.Adam(weight_decay=...)`` (coupled L2, parameter groups as BoT builds them),
-  eager mode. On CUDA: AMP (fp16 + GradScaler by default, ``--torch_amp``) and channels_last, the
+  eager mode. ``--model=mpn``: ``tests.torch_reference_mpn.TorchMPN`` (the official ``TS``
+  layout), the official MPN objective (``torch_mpn_loss``: CE per MT/AT classifier, class-wise
+  alignment, hardest-triplet selection on the host as the official code does) and
+  ``torch.optim.SGD(momentum, nesterov, weight_decay)``; reid_jax runs ``configs/mpn.py`` (the
+  stripes prior). MPN needs >= 6 feature rows: ``--quick`` uses 96x32 for it, and the recipe's
+  own step is ``--model=mpn --size=384x128 --batch=48 --k=8``. On CUDA: AMP (fp16 + GradScaler by default, ``--torch_amp``) and channels_last, the
   baseline of the issue's target ("1.3x PyTorch AMP channels-last at equal batch").
 Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
 alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
@@ -62,7 +67,19 @@ class ModelSpec:
   config_file: str                   # relative to the repository root; get_config(config_arg)
   config_arg: str | None = None
   torch_builder: Callable | None = None  # (config, num_classes) -> nn.Module, or None: jax only
+  # (config, p, k) -> loss(train-mode output, labels): the method's objective in torch.
+  torch_loss: Callable | None = None
+  quick_size: str = '64x32'          # --quick input size (HxW)
   note: str = ''
+
+
+def _torch_bnneck_loss(config, p, k):
+  """BoT / APNet: CE with label smoothing on the logits + batch-hard triplet on the feature."""
+  del p, k
+  c = config.loss
+  margin = None if c.get('triplet_soft_margin') else c.triplet_margin
+  return lambda out, y: (torch_cross_entropy_label_smooth(out[0], y, c.ce_epsilon)
+                         + torch_triplet_batch_hard(out[1], y, margin))
 
 
 def _torch_bot(config, num_classes):
@@ -83,11 +100,42 @@ def _torch_apnet(config, num_classes):
                     depth=m.depth, last_stride=m.last_stride, width=m.width)
 
 
+def _torch_mpn(config, num_classes):
+  from tests.torch_reference_mpn import TorchMPN
+  m = config.model
+  if m.get('prior', 'stripes') != 'stripes':
+    raise SystemExit('--model=mpn: the benchmark runs the stripes prior (synthetic batches have '
+                     'no parsing masks)')
+  return TorchMPN(num_classes, parts=m.parts, channels=m.part_channels,
+                  ca=m.get('channel_attention', False), depth=m.depth, last_stride=m.last_stride,
+                  width=m.width)
+
+
+def _torch_mpn_loss(config, p, k):
+  """``train_mpn_no_ca.py``'s objective (every weight 1, plain CE), on float32 outputs."""
+  from tests.torch_reference_mpn import torch_mpn_loss
+  c = config.loss
+  weights = [c.get(w, 1.0) for w in ('mt_weight', 'at_weight', 'align_weight', 'triplet_weight')]
+  if weights != [1.0] * 4 or c.get('ce_epsilon', 0.0):
+    raise SystemExit('--model=mpn: the PyTorch side implements the official loss (weights 1, '
+                     'plain CE) only')
+
+  def loss(out, y):
+    out = [[t.float() for t in ts] for ts in out]
+    return torch_mpn_loss(*out, y, p, k, margin=c.triplet_margin)[0]
+  return loss
+
+
 MODELS: dict[str, ModelSpec] = {
-    'baseline': ModelSpec('configs/baseline.py', torch_builder=_torch_bot),
+    'baseline': ModelSpec('configs/baseline.py', torch_builder=_torch_bot,
+                          torch_loss=_torch_bnneck_loss),
     # Same step size as BoT (256x128, batch 64) so the two are comparable; the recipe itself
     # trains APNet at 384x192 (pass --size=384x192 --batch=80).
-    'apnet': ModelSpec('configs/apnet.py', torch_builder=_torch_apnet),
+    'apnet': ModelSpec('configs/apnet.py', torch_builder=_torch_apnet,
+                       torch_loss=_torch_bnneck_loss),
+    # Same default step size too (a 16x8 map: stripes of 2 rows); the recipe is 384x128, P6 x K8.
+    'mpn': ModelSpec('configs/mpn.py', torch_builder=_torch_mpn, torch_loss=_torch_mpn_loss,
+                     quick_size='96x32'),
 }
 
 
@@ -167,7 +215,7 @@ class JaxSide:
     import jax
     import jax.numpy as jnp
 
-    from reid_jax import train
+    from reid_jax import models, train
     self.jax = jax
     self.config = config
     self.info: dict[str, Any] = {}
@@ -182,7 +230,8 @@ class JaxSide:
       self.state = _load_torch_init(graphdef, self.state, tx, self.mesh, torch_state_dict)
     self.info['same_init_as_torch'] = torch_state_dict is not None
     self.step_fn = train.make_train_step(graphdef, tx, config, self.mesh)
-    self.batches = [train.put_batch(self.mesh, b) for b in batches]
+    fields = models.get_method(config.model.name).batch_fields(config)
+    self.batches = [train.put_batch(self.mesh, b, fields) for b in batches]
     self.lr = jnp.float32(config.optim.lr)
     t = time.perf_counter()
     lowered = self.step_fn.lower(self.state, self.batches[0], self.lr)
@@ -279,11 +328,12 @@ def torch_triplet_batch_hard(feat, labels, margin):
 
 
 def torch_optimizer(model, optim_config):
-  """BoT's ``make_optimizer``: one group per parameter, bias lr/decay by name, Adam coupled L2."""
+  """BoT's ``make_optimizer``: one group per parameter, bias lr/decay by name, Adam coupled L2
+  (or ``torch.optim.SGD`` with momentum / nesterov for ``name='sgd'``, as MPN)."""
   import torch
   c = optim_config
-  if c.name != 'adam':
-    raise SystemExit(f'bench/train.py: torch side implements Adam only, config has {c.name!r}')
+  if c.name not in ('adam', 'sgd'):
+    raise SystemExit(f'bench/train.py: torch side implements Adam and SGD, config has {c.name!r}')
   groups = []
   for key, value in model.named_parameters():
     if not value.requires_grad:
@@ -292,13 +342,15 @@ def torch_optimizer(model, optim_config):
     if 'bias' in key:
       lr, wd = c.lr * c.bias_lr_factor, c.weight_decay_bias
     groups.append({'params': [value], 'lr': lr, 'weight_decay': wd})
+  if c.name == 'sgd':
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
   return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), eps=1e-8)
 
 
 class TorchSide:
   name = 'torch'
 
-  def __init__(self, config, model, batches, device, amp, channels_last):
+  def __init__(self, config, model, batches, device, amp, channels_last, loss_fn):
     import torch
     self.torch = torch
     self.device = torch.device(device)
@@ -321,7 +373,7 @@ class TorchSide:
       x = x.to(self.device).contiguous(memory_format=fmt)
       y = torch.from_numpy(b['label']).long().to(self.device)
       self.batches.append((x, y))
-    self.loss_config = config.loss
+    self.loss_fn = loss_fn
     self.channels_last = channels_last
     self.amp = amp
     self._i = 0
@@ -334,16 +386,13 @@ class TorchSide:
     torch = self.torch
     x, y = self.batches[self._i % len(self.batches)]
     self._i += 1
-    c = self.loss_config
-    margin = None if c.triplet_soft_margin else c.triplet_margin
     self._sync()
     t = time.perf_counter()
     self.opt.zero_grad(set_to_none=True)
     with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                         enabled=self.amp_dtype is not None):
-      logits, feat = self.model(x)
-    loss = (torch_cross_entropy_label_smooth(logits, y, c.ce_epsilon)
-            + torch_triplet_batch_hard(feat, y, margin))
+      out = self.model(x)
+    loss = self.loss_fn(out, y)
     if self.scaler is not None:
       self.scaler.scale(loss).backward()
       self.scaler.step(self.opt)
@@ -402,12 +451,14 @@ def parse_args(argv=None):
                   help="torch.set_num_threads (0: torch's default, one per core)")
   ap.add_argument('--num_batches', type=int, default=2, help='distinct synthetic batches cycled')
   ap.add_argument('--quick', action='store_true',
-                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32, 1 warm-up, 2 steps')
+                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32 (MPN: 96x32), '
+                  '1 warm-up, 2 steps')
   ap.add_argument('--seed', type=int, default=0)
   args = ap.parse_args(argv)
   if args.quick:
     args.depth, args.width = args.depth or 18, args.width or 8
-    args.batch, args.size, args.steps, args.warmup = 8, '64x32', 2, 1
+    quick_size = MODELS[args.model].quick_size if args.model in MODELS else '64x32'
+    args.batch, args.size, args.steps, args.warmup = 8, quick_size, 2, 1
     args.num_classes = min(args.num_classes, 16)
   return args
 
@@ -442,9 +493,8 @@ def main(argv=None):
     config.model.width = args.width
   result['model_config'] = {k: config.model[k] for k in ('name', 'depth', 'width', 'last_stride',
                                                          'dtype')}
-  result['loss'] = {'ce_epsilon': config.loss.ce_epsilon,
-                    'triplet_margin': config.loss.triplet_margin,
-                    'center_weight': config.loss.center_weight}
+  result['loss'] = {k: config.loss.get(k) for k in ('ce_epsilon', 'triplet_margin',
+                                                    'center_weight')}
   result['optim'] = {'name': config.optim.name, 'weight_decay': config.optim.weight_decay,
                      'lr': config.optim.lr}
 
@@ -512,7 +562,8 @@ def main(argv=None):
     if want_torch:
       rss0 = sampler.mark()
       t = time.perf_counter()
-      side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last)
+      side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last,
+                       spec.torch_loss(config, p, args.k))
       del torch_model
       warm = [side.step() for _ in range(max(args.warmup, 1))]
       log(f'torch: warm-up steps {[round(x, 2) for x in warm]} s')

@@ -1,5 +1,6 @@
 """Smoke test of the training benchmark: ``bench/train.py --quick`` (ResNet-18 width 8, 64x32,
-batch 8, 1 warm-up + 2 timed steps per side) in its own process; the JSON has both sides' numbers.
+batch 8, 1 warm-up + 2 timed steps per side) in its own process, for BoT and MPN (96x32); the JSON
+has both sides' numbers.
 
 The process gets one CPU device (not the 8 simulated ones of conftest) and XLA flags that cut
 compile time (this checks the plumbing, not the speed)."""
@@ -10,19 +11,23 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bench_train_quick():
+@pytest.mark.parametrize('model', ['baseline', 'mpn'])
+def test_bench_train_quick(model):
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
              XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
   t = time.time()
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'train.py'), '--quick'],
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'train.py'), '--quick',
+                         f'--model={model}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   elapsed = time.time() - t
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout)
-  assert out['batch'] == 8 and out['p'] * out['k'] == 8
+  assert out['model'] == model and out['batch'] == 8 and out['p'] * out['k'] == 8
   for side in ('jax', 'torch'):
     r = out[side]
     for key in ('images_per_s', 'step_s_median', 'host_rss_added_gib', 'last_loss', 'first_loss'):
@@ -38,4 +43,9 @@ def test_bench_train_quick():
   # Same losses on both sides: with CE over 16 classes and a random net both start near ln(16) +
   # a triplet term of a few tenths, never wildly apart.
   assert abs(j['first_loss'] - out['torch']['first_loss']) < 3.0
-  print(f'bench/train.py --quick: {elapsed:.1f} s')
+  if model == 'mpn':
+    # MPN's first loss (12 CE terms + alignment + triplet) from the same weights and batch: the
+    # two sides agree to float32 rounding (later steps drift: this runs XLA unoptimised).
+    assert out['size'] == [96, 32]
+    assert abs(j['first_loss'] - out['torch']['first_loss']) <= 1e-5 * out['torch']['first_loss']
+  print(f'bench/train.py --quick --model={model}: {elapsed:.1f} s')

@@ -194,15 +194,21 @@ def check_train_mode_parity(torch_model, model, x) -> list[str]:
   """One train-mode forward of the PyTorch module and of the converted NNX ``model`` (already
   loaded from ``torch_model``'s state_dict, in train mode): logits, pre-BN feature and every
   BN running statistic of the key map must agree. Returns the statistic keys compared."""
-  from reid_jax.convert.keymaps import keymap_for
   torch_model.train()
   logits_ref, feat_ref = torch_model(nchw(x))
   out = nnx.jit(lambda m, x: m(x))(model, x)
   assert_close_rel(out['logits'], logits_ref.detach().numpy())
   assert_close_rel(out['global_feat'], feat_ref.detach().numpy())
+  return assert_running_stats_match(torch_model, model)
+
+
+def assert_running_stats_match(torch_model, model) -> list[str]:
+  """Every BN running statistic of ``model``'s key map equals ``torch_model``'s (after a
+  train-mode forward of each). Returns the keys compared."""
+  from reid_jax.convert.keymaps import keymap_for
   after = numpy_state_dict(torch_model)
-  keys = [k for k in keymap_for(model) if k.endswith(('running_mean', 'running_var'))]
   targets = keymap_for(model)
+  keys = [k for k in targets if k.endswith(('running_mean', 'running_var'))]
   for key in keys:
     np.testing.assert_allclose(np.asarray(targets[key].variable[...]), after[key], rtol=1e-4,
                                atol=1e-5, err_msg=key)

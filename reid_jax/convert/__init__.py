@@ -4,6 +4,13 @@
   report = load_torch_weights(model, sd)   # raises on a missing key or a shape mismatch
   print(report.unused)
 
+  # A checkpoint of another dataset (other classifier rows), e.g. for testing only:
+  report = load_torch_weights(model, sd, skip_mismatched_classifiers=True)
+  print(report.skipped)                    # the classifier keys left at their initial value
+
+  # A backbone only (torchvision / IDE snapshot, e.g. MPN's data/1501.pth with 'model.*' keys):
+  report = load_backbone(model, sd)        # into model.base; the prefix is found in sd
+
 ``python -m reid_jax.convert --config=configs/baseline.py --torch_checkpoint=FILE --out=DIR``
 writes an orbax checkpoint that training and evaluation restore (``reid_jax.checkpoint``).
 """
@@ -17,13 +24,15 @@ from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from reid_jax.convert import keymaps
 from reid_jax.convert.torch_pickle import UnsafeCheckpointError, _unsafe_message
 from reid_jax.convert.torch_pickle import load as _load_without_torch
 
-__all__ = ['load_torch_checkpoint', 'load_torch_weights', 'LoadReport', 'UnsafeCheckpointError']
+__all__ = ['load_torch_checkpoint', 'load_torch_weights', 'load_backbone', 'LoadReport',
+           'UnsafeCheckpointError']
 
 _WRAPPER_KEYS = ('model', 'state_dict')
 
@@ -106,16 +115,22 @@ def _to_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
 
 @dataclasses.dataclass
 class LoadReport:
-  """What ``load_torch_weights`` did. ``unused``: checkpoint keys with no place in the model."""
+  """What ``load_torch_weights`` did. ``unused``: checkpoint keys with no place in the model;
+  ``excluded``: model keys left at their initial value (matched by ``exclude``, or ``skipped``:
+  classifier keys whose class count differs from the model's, under
+  ``skip_mismatched_classifiers``)."""
   loaded: list[str]
   unused: list[str]
   excluded: list[str]
   aliases_checked: list[str] = dataclasses.field(default_factory=list)
+  skipped: list[str] = dataclasses.field(default_factory=list)
 
   def __str__(self) -> str:
     s = f'loaded {len(self.loaded)} tensors'
     if self.excluded:
       s += f', excluded {len(self.excluded)} model keys ({", ".join(self.excluded[:5])}...)'
+    if self.skipped:
+      s += f' ({len(self.skipped)} classifier keys of another class count)'
     if self.unused:
       s += f'; {len(self.unused)} checkpoint keys unused: {", ".join(self.unused[:10])}'
       s += '...' if len(self.unused) > 10 else ''
@@ -131,7 +146,8 @@ def _to_flax_layout(value: np.ndarray, kind: str) -> np.ndarray:
 
 
 def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
-                       exclude: Sequence[str] = ()) -> LoadReport:
+                       exclude: Sequence[str] = (), prefix: str = '',
+                       skip_mismatched_classifiers: bool = False) -> LoadReport:
   """Copies a PyTorch state_dict into ``model`` in place (pure NumPy; torch is not imported).
 
   The model's key map (``reid_jax.convert.keymaps``) names the PyTorch key of every weight and
@@ -141,12 +157,22 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   ``num_batches_tracked`` entries are ignored. ``model`` may be abstract (``nnx.eval_shape``):
   when the key map covers every variable, loading makes it concrete without a random init.
 
+  ``prefix``: the checkpoint names the model's keys with this prefix, e.g. ``'model.'`` for a
+  ResNet inside a torchvision-style wrapper (MPN's IDE snapshot ``FtNet.model``); ``exclude``
+  patterns match the prefixed keys.
+
+  ``skip_mismatched_classifiers``: key-map targets marked ``classifier`` (identity classifiers:
+  one row per training class) whose checkpoint shape differs from the model's are left at their
+  initial value, listed in ``report.skipped`` (and ``report.excluded``) and logged as a warning,
+  instead of failing: a checkpoint trained on another dataset then loads for testing (the test
+  feature never uses the classifier). Any other shape mismatch is still an error.
+
   Duplicate keys the architecture declares (``keymaps.register_aliases``, e.g. APNet's
   ``base_k.*``) must, where present, equal their canonical tensor exactly, otherwise a
   ``ValueError`` names both keys; an alias is skipped when it or its canonical key is excluded.
   """
-  targets = keymaps.keymap_for(model)
-  aliases = keymaps.aliases_for(model)
+  targets = {prefix + k: t for k, t in keymaps.keymap_for(model).items()}
+  aliases = {prefix + a: prefix + c for a, c in keymaps.aliases_for(model).items()}
   is_excluded = lambda k: any(fnmatch.fnmatchcase(k, p) for p in exclude)  # noqa: E731
   excluded = sorted(k for k in targets if is_excluded(k))
   wanted = {k: t for k, t in targets.items() if k not in excluded}
@@ -154,28 +180,67 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
       a: c for a, c in aliases.items() if c in wanted and not is_excluded(a)})
   missing = sorted(k for k in wanted if k not in state_dict)
   if missing:
+    hints = sorted({wanted[k].missing_hint for k in missing if wanted[k].missing_hint})
     raise KeyError(f'checkpoint lacks {len(missing)} key(s) the model needs: '
                    f'{", ".join(missing[:10])}{"..." if len(missing) > 10 else ""} '
-                   f'({type(model).__name__} key map; pass exclude=... to skip keys on purpose)')
-  updates = []
+                   f'({type(model).__name__} key map; pass exclude=... to skip keys on purpose)'
+                   + ''.join(f'; {h}' for h in hints))
+  updates, skipped = [], []
   for key, target in wanted.items():
     value = np.asarray(state_dict[key])
     converted = _to_flax_layout(value, target.kind)
     current = target.variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
     expected = tuple(current.shape)
     if converted.shape != expected:
+      if skip_mismatched_classifiers and target.classifier:
+        skipped.append(key)
+        continue
       raise ValueError(f'shape mismatch for checkpoint key {key!r}: checkpoint has '
                        f'{tuple(value.shape)}, the model expects {expected} in Flax layout '
-                       f'({target.kind})')
+                       f'({target.kind})'
+                       + (' (an identity classifier: pass skip_mismatched_classifiers=True to '
+                          'keep it at its initial value)' if target.classifier else ''))
     # np.array copies: jnp.asarray of a NumPy array can alias its buffer on CPU, and the caller's
     # arrays (e.g. views of live torch tensors) may change after loading.
     updates.append((target.variable, jnp.asarray(np.array(converted, dtype=current.dtype))))
   for variable, value in updates:  # assign only once everything is known to fit
     variable.set_value(value)
+  if skipped:
+    logging.warning('checkpoint classifier keys of another class count left at their initial '
+                    'value (skip_mismatched_classifiers): %s', ', '.join(sorted(skipped)))
   unused = sorted(k for k in state_dict if k not in targets and k not in aliases
                   and not k.endswith('num_batches_tracked'))
-  return LoadReport(loaded=sorted(wanted), unused=unused, excluded=excluded,
-                    aliases_checked=aliases_checked)
+  return LoadReport(loaded=sorted(set(wanted) - set(skipped)), unused=unused,
+                    excluded=sorted(excluded + skipped), aliases_checked=aliases_checked,
+                    skipped=sorted(skipped))
+
+
+def backbone_prefix(state_dict: Mapping[str, np.ndarray]) -> str:
+  """The prefix under which ``state_dict`` holds a torchvision ResNet (``'{prefix}conv1.weight'``
+  next to ``'{prefix}bn1.weight'`` and ``'{prefix}layer1.*'``); the shortest one wins."""
+  stem = 'conv1.weight'
+  found = []
+  for key in state_dict:
+    p = key[:-len(stem)]
+    if (key.endswith(stem) and p + 'bn1.weight' in state_dict
+        and any(k.startswith(p + 'layer1.') for k in state_dict)):
+      found.append(p)
+  if not found:
+    raise KeyError('no torchvision ResNet in the checkpoint (no PREFIXconv1.weight with '
+                   f'PREFIXbn1.weight and PREFIXlayer1.*); keys look like {sorted(state_dict)[:8]}')
+  return min(found, key=len)
+
+
+def load_backbone(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
+                  prefix: str | None = None, exclude: Sequence[str] = ()) -> LoadReport:
+  """Loads a torchvision-layout ResNet into ``model.base`` (every reid_jax method's backbone),
+  leaving the rest of the model at its initial value: ImageNet weights (prefix ``''``), another
+  model's backbone (``'base.'``) or MPN's IDE snapshot (WangKan0128/MPN ``data/1501.pth``, an
+  ``FtNet``: ``model.conv1.*`` ... ``model.layer4.*``, plus ``model.fc.*`` and ``classifier.*``,
+  reported unused). ``prefix=None`` finds it in the checkpoint (``backbone_prefix``)."""
+  if prefix is None:
+    prefix = backbone_prefix(state_dict)
+  return load_torch_weights(model.base, state_dict, prefix=prefix, exclude=exclude)
 
 
 def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> list[str]:

@@ -8,6 +8,12 @@ Some checkpoints store the same tensor under two names (APNet's ``base_1.*`` ...
 the modules of ``base.*`` registered twice). ``@register_aliases(ModelClass)`` declares such
 duplicates as ``{alias_key: canonical_key}``; the converter core then checks that every alias
 present in a checkpoint equals its canonical tensor, and does not report it as unused.
+
+A ``Target`` may carry two annotations the core acts on: ``classifier=True`` marks a
+per-class weight (its first axis has one row per training identity), which
+``load_torch_weights(..., skip_mismatched_classifiers=True)`` leaves at its initial value when the
+checkpoint was trained on another number of classes; ``missing_hint`` is appended to the error
+when the key is absent from a checkpoint (e.g. a module that the official code does not have).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from flax import nnx
 from reid_jax.models.apnet import APNet
 from reid_jax.models.bot import Baseline
 from reid_jax.models.layers import IBN, BatchNorm
+from reid_jax.models.mpn import MPN
 from reid_jax.models.resnet import ResNet
 
 # Layout kinds: how a PyTorch tensor becomes the NNX value.
@@ -37,6 +44,8 @@ _ALIASES: dict[type, Callable[[nnx.Module], Aliases]] = {}
 class Target:
   variable: nnx.Variable
   kind: str
+  classifier: bool = False  # rows = classes: skippable on a class-count mismatch
+  missing_hint: str = ''    # appended to the error when a checkpoint lacks the key
 
 
 def register(model_cls: type):
@@ -62,16 +71,19 @@ def aliases_for(model: nnx.Module) -> Aliases:
   return {}
 
 
+def _renamed_key(key: str, renames: dict[str, str]) -> str | None:
+  """``key`` with its first matching prefix in ``renames`` (old -> new) replaced, else None."""
+  for old, new in renames.items():
+    if key.startswith(old):
+      return new + key[len(old):]
+  return None
+
+
 def prefix_aliases(keys, renames: dict[str, str]) -> Aliases:
   """``{alias: canonical}`` for every canonical key in ``keys`` that starts with a prefix in
   ``renames`` (canonical prefix -> alias prefix), e.g. ``{'base.conv1.': 'base_1.0.'}``."""
-  out = {}
-  for key in keys:
-    for prefix, alias_prefix in renames.items():
-      if key.startswith(prefix):
-        out[alias_prefix + key[len(prefix):]] = key
-        break
-  return out
+  return {alias: key for key in keys
+          if (alias := _renamed_key(key, renames)) is not None}
 
 
 def keymap_for(model: nnx.Module) -> KeyMap:
@@ -89,11 +101,22 @@ def conv_keys(prefix: str, conv: nnx.Conv) -> KeyMap:
   return out
 
 
-def linear_keys(prefix: str, linear: nnx.Linear) -> KeyMap:
-  out = {prefix + 'weight': Target(linear.kernel, LINEAR)}
+def linear_keys(prefix: str, linear: nnx.Linear, *, classifier: bool = False) -> KeyMap:
+  """``weight`` (+ ``bias``); ``classifier=True`` for an identity classifier (one row per
+  class), which a checkpoint of another dataset may have in another size."""
+  out = {prefix + 'weight': Target(linear.kernel, LINEAR, classifier=classifier)}
   if linear.bias is not None:
-    out[prefix + 'bias'] = Target(linear.bias, VECTOR)
+    out[prefix + 'bias'] = Target(linear.bias, VECTOR, classifier=classifier)
   return out
+
+
+def renamed(keymap: KeyMap, renames: dict[str, str]) -> KeyMap:
+  """``keymap`` with each key's first matching prefix in ``renames`` (old -> new) replaced."""
+  return {_renamed_key(k, renames) or k: t for k, t in keymap.items()}
+
+
+def with_hint(keymap: KeyMap, hint: str) -> KeyMap:
+  return {k: dataclasses.replace(t, missing_hint=hint) for k, t in keymap.items()}
 
 
 def bn_keys(prefix: str, bn: BatchNorm | IBN) -> KeyMap:
@@ -130,7 +153,7 @@ def resnet_keys(model: ResNet, prefix: str = '') -> KeyMap:
 def bnneck_keys(head) -> KeyMap:
   """BoT head: ``bottleneck.*`` (BN1d, frozen bias) and ``classifier.weight``."""
   return {**bn_keys('bottleneck.', head.bottleneck),
-          **linear_keys('classifier.', head.classifier)}
+          **linear_keys('classifier.', head.classifier, classifier=True)}
 
 
 @register(Baseline)
@@ -181,3 +204,48 @@ APNET_BASE_ALIASES = {'base.conv1.': 'base_1.0.', 'base.bn1.': 'base_1.1.',
 @register_aliases(APNet)
 def apnet_aliases(model: APNet) -> Aliases:
   return prefix_aliases(resnet_keys(model.base, 'base.'), APNET_BASE_ALIASES)
+
+
+# MPN's ``TS.base`` is ``nn.Sequential(*list(resnet50.children())[:-2])``: conv1, bn1, relu,
+# maxpool, layer1..layer4 under the indices 0..7 (2 and 3 hold no weights).
+MPN_BASE_NAMES = {'base.conv1.': 'base.0.', 'base.bn1.': 'base.1.', 'base.layer1.': 'base.4.',
+                  'base.layer2.': 'base.5.', 'base.layer3.': 'base.6.', 'base.layer4.': 'base.7.'}
+
+MPN_CA_HINT = ("the official MPN checkpoints (WangKan0128/MPN models/mpn_no_ca.py) have no "
+               "channel attention: load them into a model built with "
+               "config.model.channel_attention=False, or pass exclude=['ca_list.*'] to keep the "
+               "attention at its initial value")
+
+
+def conv_bn_keys(prefix: str, conv, bn) -> KeyMap:
+  """``nn.Sequential(Conv2d, BatchNorm2d, ...)``: ``{prefix}0.*`` and ``{prefix}1.*``."""
+  return {**conv_keys(prefix + '0.', conv), **bn_keys(prefix + '1.', bn)}
+
+
+@register(MPN)
+def mpn_keys(model: MPN) -> KeyMap:
+  """WangKan0128/MPN ``TS`` (``models/mpn_no_ca.py``; 426 entries for K = 6, ResNet-50, C = 751):
+  ``base.{0,1,4,5,6,7}.*`` (conv1, bn1, layer1..layer4), per part k ``local_conv_list.{k}.{0,1}.*``
+  and ``local_conv_list2.{k}.{0,1}.*`` (1x1 conv with bias, BN2d), ``Sfc_list.{k}.*`` (MT
+  classifiers) and ``Tfc_list.{k}.*`` (AT classifiers).
+
+  Channel attention (``channel_attention=True``, our design: not in the released model) takes
+  the names a ``nn.ModuleList`` of ``models/CA_2.py::SoftAttn`` would give it,
+  ``ca_list.{k}.channel_attn.conv{1,2}.{conv,bn}.*``, so a reid_jax-trained CA model round-trips;
+  an official checkpoint lacks them (the error says so)."""
+  out = renamed(resnet_keys(model.base, 'base.'), MPN_BASE_NAMES)
+  for k in range(model.parts):
+    out.update(conv_bn_keys(f'local_conv_list.{k}.', model.local_conv[k].conv,
+                            model.local_conv[k].bn))
+    out.update(conv_bn_keys(f'local_conv_list2.{k}.', model.local_conv2[k].conv,
+                            model.local_conv2[k].bn))
+    out.update(linear_keys(f'Sfc_list.{k}.', model.mt_classifiers[k], classifier=True))
+    out.update(linear_keys(f'Tfc_list.{k}.', model.at_classifiers[k], classifier=True))
+  if model.channel_attention is not None:
+    for k, ca in enumerate(model.channel_attention):
+      p = f'ca_list.{k}.channel_attn.'
+      out.update(with_hint({**conv_keys(p + 'conv1.conv.', ca.conv1),
+                            **bn_keys(p + 'conv1.bn.', ca.bn1),
+                            **conv_keys(p + 'conv2.conv.', ca.conv2),
+                            **bn_keys(p + 'conv2.bn.', ca.bn2)}, MPN_CA_HINT))
+  return out

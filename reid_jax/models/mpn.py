@@ -90,8 +90,19 @@ class ChannelAttention(nnx.Module):
 
 
 def masked_max_pool(x: Array, mask: Array) -> Array:
-  """``[B, h, w, C]``, ``[B, h, w]`` bool -> ``[B, C]``: max over the masked positions."""
-  return jnp.max(jnp.where(mask[..., None], x, jnp.asarray(-jnp.inf, x.dtype)), axis=(1, 2))
+  """``[B, h, w, C]``, ``[B, h, w]`` bool -> ``[B, C]``: max over the masked positions.
+
+  Taken as the value at the first maximal position (``argmax``), so the gradient goes to that
+  one position, as ``F.max_pool2d``'s does. (``jnp.max``'s gradient finds the maximum by
+  comparing the operand with the result for equality, which fails when XLA recomputes the
+  operand differently inside another fusion: seen on XLA:CPU with
+  ``--xla_backend_optimization_level=0``, where it dropped most of the gradient.)
+  """
+  b, h, w, c = x.shape
+  flat = x.reshape(b, h * w, c)
+  masked = jnp.where(mask.reshape(b, h * w, 1), flat, jnp.asarray(-jnp.inf, x.dtype))
+  index = jnp.argmax(masked, axis=1)                                      # [B, C]
+  return jnp.take_along_axis(flat, index[:, None, :], axis=1)[:, 0, :]
 
 
 def stripe_regions(batch: int, h: int, w: int, parts: int) -> Array:
