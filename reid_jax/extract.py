@@ -200,6 +200,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # noqa: PLC0415
+  from reid_jax import cli  # noqa: PLC0415
   _define_flags()
-  app.run(main)
+  cli.run(main)

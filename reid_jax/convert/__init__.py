@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import pickle
 from typing import Any, Mapping, Sequence
 
@@ -23,7 +24,8 @@ from reid_jax.convert import keymaps
 from reid_jax.convert.torch_pickle import UnsafeCheckpointError, _unsafe_message
 from reid_jax.convert.torch_pickle import load as _load_without_torch
 
-__all__ = ['load_torch_checkpoint', 'load_torch_weights', 'LoadReport', 'UnsafeCheckpointError']
+__all__ = ['load_torch_checkpoint', 'load_torch_weights', 'load_backbone_weights', 'LoadReport',
+           'UnsafeCheckpointError']
 
 _WRAPPER_KEYS = ('model', 'state_dict')
 
@@ -38,6 +40,8 @@ def load_torch_checkpoint(path, *, use_torch: bool | None = None) -> dict[str, n
   message saying how to re-save it as a state_dict.
   """
   path = str(path)
+  if os.path.isdir(path):
+    raise ValueError(f'{path} is a directory; expected a PyTorch checkpoint file (.pth)')
   if use_torch is None:
     try:
       import torch  # noqa: F401
@@ -64,8 +68,12 @@ def _torch_load(path: str) -> Any:
     # torch names the rejected global as "GLOBAL module.name"; surface it with our advice.
     text = str(e)
     marker = 'GLOBAL '
-    name = text.split(marker, 1)[1].split()[0] if marker in text else 'an unsupported global'
+    if marker not in text:
+      raise ValueError(f'{path}: not a PyTorch checkpoint (its pickle cannot be read)') from None
+    name = text.split(marker, 1)[1].split()[0]
     raise UnsafeCheckpointError(_unsafe_message(path, name.rstrip('.,'))) from None
+  except (RuntimeError, EOFError, KeyError, OSError) as e:  # truncated zip, wrong magic ...
+    raise ValueError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
   return _tensors_to_numpy(obj)
 
 
@@ -111,6 +119,7 @@ class LoadReport:
   unused: list[str]
   excluded: list[str]
   aliases_checked: list[str] = dataclasses.field(default_factory=list)
+  prefix: str = ''  # load_backbone_weights: where the backbone keys sat in the checkpoint
 
   def __str__(self) -> str:
     s = f'loaded {len(self.loaded)} tensors'
@@ -196,3 +205,44 @@ def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, s
                        f'inconsistent; pass exclude=[{alias!r}] to skip this check')
     checked.append(alias)
   return checked
+
+
+def backbone_prefix(state_dict: Mapping[str, np.ndarray], keys: Sequence[str]) -> str:
+  """The prefix under which ``state_dict`` holds every key of a backbone key map: ``''`` for a
+  torchvision / IBN-Net file, ``'model.'`` for an IDE snapshot whose ResNet is ``self.model``,
+  ``'base.'`` for a BoT checkpoint. ``''`` when no prefix holds them all (the caller reports the
+  missing keys); a ``ValueError`` when several do."""
+  anchor = keys[0]
+  candidates = sorted({k[:len(k) - len(anchor)] for k in state_dict
+                       if k == anchor or k.endswith('.' + anchor)})
+  complete = [p for p in candidates if all(p + k in state_dict for k in keys)]
+  if '' in complete or not complete:
+    return ''
+  if len(complete) > 1:
+    raise ValueError(f'the checkpoint holds a complete backbone under several prefixes '
+                     f'{complete}; keep one (e.g. re-save the state_dict of that sub-module)')
+  return complete[0]
+
+
+def load_backbone_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray]) -> LoadReport:
+  """Copies a backbone checkpoint (e.g. ImageNet ResNet-50) into ``model.base`` in place.
+
+  Every reid_jax method keeps its backbone at ``model.base``; its key map comes from the
+  backbone's class (``keymaps.keymap_for``): torchvision ResNet-18/34/50/101/152
+  (``resnet50-19c8e357.pth``, ``resnet50-0676ba61.pth``), IBN-a ResNets in the IBN-Net / fast-reid
+  layout (``resnet50_ibn_a.pth``: ``bn1.IN.*`` / ``bn1.BN.*``). The backbone keys may sit under
+  one prefix (``backbone_prefix``); everything else (``fc.*``, an IDE snapshot's head) is
+  reported as unused. A missing or mis-shaped backbone key raises naming it, and then nothing
+  is changed. ``report.prefix`` is the prefix used.
+  """
+  base = getattr(model, 'base', None)
+  if not isinstance(base, nnx.Module):
+    raise ValueError(f'{type(model).__name__} has no backbone module at model.base')
+  prefix = backbone_prefix(state_dict, list(keymaps.keymap_for(base)))
+  inner = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+  report = load_torch_weights(base, inner)
+  report.unused = sorted([prefix + k for k in report.unused]
+                         + [k for k in state_dict if not k.startswith(prefix)
+                            and not k.endswith('num_batches_tracked')])
+  report.prefix = prefix
+  return report

@@ -13,7 +13,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from reid_jax import checkpoint, fileio, models
+from reid_jax import checkpoint, cli, fileio, models
 from reid_jax.convert import load_torch_checkpoint, load_torch_weights
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Model config file (configs/*.py).',
@@ -38,10 +38,10 @@ def main(argv):
   for name, flag in (('--config', config), ('--torch_checkpoint', _TORCH_CHECKPOINT.value),
                      ('--out', _OUT.value)):
     if flag is None:
-      raise app.UsageError(f'{name} is required')
+      raise cli.UserError(f'{name} is required')
   out = fileio.resolve(_OUT.value)
   if out.exists() and any(out.iterdir()):
-    raise app.UsageError(f'--out={out} exists and is not empty; choose a new directory')
+    raise cli.UserError(f'--out={out} exists and is not empty; choose a new directory')
   state_dict = load_torch_checkpoint(_TORCH_CHECKPOINT.value)
   num_classes = classifier_rows(state_dict, config.model)
   if _EXCLUDE.value:
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
