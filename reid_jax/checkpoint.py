@@ -104,11 +104,37 @@ def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
       restored = mngr.restore(step, args=ocp.args.Composite(
           model=ocp.args.StandardRestore(target))).model
     except (ValueError, KeyError) as e:
+      detail = _mismatch(directory, step, abstract_state) or str(e)
       raise ValueError(f'checkpoint {directory!r} step {step} does not fit model '
-                       f'{model_config.name!r} as configured: {e}') from e
+                       f'{model_config.name!r} as configured: {detail}') from e
   model = nnx.merge(graphdef, restored)
   model.train()
   return model
+
+
+def _variable_shapes(tree) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(p, simple=True, separator='/').removesuffix('/value'):
+          tuple(v.shape) for p, v in leaves if hasattr(v, 'shape')}
+
+
+def _mismatch(directory, step: int, abstract_state) -> str | None:
+  """The first model variable whose stored shape differs or that is missing, in words."""
+  try:
+    handlers = {'model': ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(fileio.resolve(directory), item_handlers=handlers) as mngr:
+      stored = _variable_shapes(mngr.item_metadata(step)['model'])
+  except Exception:  # noqa: BLE001  (diagnostics only: fall back to orbax's message)
+    return None
+  wanted = _variable_shapes(abstract_state)
+  for name, shape in wanted.items():
+    if name not in stored:
+      return f'variable {name} is not in the checkpoint'
+    if stored[name] != shape:
+      return (f'variable {name} has shape {stored[name]} in the checkpoint but {shape} in the '
+              f'model')
+  extra = sorted(set(stored) - set(wanted))
+  return f'the checkpoint has variables the model lacks: {", ".join(extra[:5])}' if extra else None
 
 
 def init_from_checkpoint(model: nnx.Module, model_config: ml_collections.ConfigDict,

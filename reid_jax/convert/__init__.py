@@ -169,9 +169,10 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   updates = []
   for key, target in wanted.items():
     value = np.asarray(state_dict[key])
-    converted = _to_flax_layout(value, target.kind)
     current = target.variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
     expected = tuple(current.shape)
+    ndim = {keymaps.CONV: 4, keymaps.LINEAR: 2}.get(target.kind, value.ndim)
+    converted = _to_flax_layout(value, target.kind) if value.ndim == ndim else value
     if converted.shape != expected:
       raise ValueError(f'shape mismatch for checkpoint key {key!r}: checkpoint has '
                        f'{tuple(value.shape)}, the model expects {expected} in Flax layout '
