@@ -8,18 +8,14 @@ import sys
 
 import pytest
 
-from reid_jax import checkpoint, models, prepare
-from tests.test_train import ROOT, TINY_CONFIG
+from reid_jax import checkpoint, models
+from tests.test_train import ROOT, load_config, tiny_config_file
 
 
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('cli')
-  data_dir = str(root / 'tfds')
-  prepare.prepare('synthetic_reid/tiny', data_dir=data_dir)
-  cfg = root / 'tiny_config.py'
-  cfg.write_text(TINY_CONFIG.format(root=ROOT, data_dir=data_dir))
-  return root, str(cfg), data_dir
+  return root, tiny_config_file(root)
 
 
 def cli(module, *args, traceback=False):
@@ -43,7 +39,7 @@ def assert_user_error(proc, *fragments):
 
 
 def test_flag_and_config_mistakes(setup, tmp_path):
-  root, cfg, _ = setup
+  root, cfg = setup
   work = f'--workdir={tmp_path / "w"}'
   assert_user_error(cli('reid_jax.main', '--config=configs/baseline.py:foo=1', work),
                     "--config=configs/baseline.py:foo=1", "unknown key 'foo'",
@@ -61,7 +57,7 @@ def test_flag_and_config_mistakes(setup, tmp_path):
 
 
 def test_dataset_mistakes(setup, tmp_path):
-  _, cfg, _ = setup
+  _, cfg = setup
   work = f'--workdir={tmp_path / "w"}'
   assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.input.dataset=market', work),
                     "unknown dataset 'market'", 'market1501')
@@ -72,7 +68,7 @@ def test_dataset_mistakes(setup, tmp_path):
 
 
 def test_checkpoint_mistakes(setup, tmp_path):
-  _, cfg, _ = setup
+  _, cfg = setup
   work = f'--workdir={tmp_path / "w"}'
   main = ('reid_jax.main', f'--config={cfg}', '--mode=eval', work)
   assert_user_error(cli(*main, f'--checkpoint={tmp_path / "nope"}'),
@@ -84,14 +80,10 @@ def test_checkpoint_mistakes(setup, tmp_path):
                         f'--images={tmp_path}', f'--out={tmp_path / "f.npz"}'),
                     'no reid_jax checkpoint')
   # A BoT checkpoint evaluated with the APNet config: refused naming both methods.
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('tiny_cfg', cfg)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  model_config = module.get_config().model
-  checkpoint.save_model(models.build_model(model_config, 10), tmp_path / 'bot',
-                        num_classes=10, model_config=model_config)
-  data_dir = module.get_config().input.data_dir
+  config = load_config(cfg)
+  checkpoint.save_model(models.build_model(config.model, 10), tmp_path / 'bot',
+                        num_classes=10, model_config=config.model)
+  data_dir = config.input.data_dir
   assert_user_error(cli('reid_jax.main', '--config=configs/apnet.py:synthetic', '--mode=eval',
                         work, f'--checkpoint={tmp_path / "bot"}',
                         '--config.input.dataset=synthetic_reid/tiny',

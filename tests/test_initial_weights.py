@@ -7,10 +7,10 @@ with torchvision's key names, mapped to NNX attributes here by hand; orbax check
 without reid_jax (tests/test_train.final_state); the NumPy Market protocol (tests/eval_reference).
 """
 
-import importlib.util
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -20,9 +20,8 @@ import pytest
 import torch
 from flax import nnx
 
-from reid_jax import prepare, train
-from tests import eval_reference
-from tests.test_train import ROOT, TINY_CONFIG, final_state
+from reid_jax import train
+from tests.test_train import ROOT, final_state, load_config, reference_metrics, tiny_config_file
 from tests.torch_reference import TorchResNet, randomize_
 
 TINY_CLASSES, OTHER_CLASSES = 10, 6  # synthetic_reid/tiny and synthetic_reid/tiny_other
@@ -31,23 +30,7 @@ TINY_CLASSES, OTHER_CLASSES = 10, 6  # synthetic_reid/tiny and synthetic_reid/ti
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
   root = tmp_path_factory.mktemp('init')
-  data_dir = str(root / 'tfds')
-  for name in ('synthetic_reid/tiny', 'synthetic_reid/tiny_other'):
-    prepare.prepare(name, data_dir=data_dir)
-  cfg = root / 'tiny_config.py'
-  cfg.write_text(TINY_CONFIG.format(root=ROOT, data_dir=data_dir))
-  return root, str(cfg)
-
-
-def load_config(cfg, **overrides):
-  spec = importlib.util.spec_from_file_location('tiny_cfg', cfg)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in overrides.items():
-    section, _, field = key.rpartition('.')
-    (config[section] if section else config)[field] = value
-  return config
+  return root, tiny_config_file(root, ('synthetic_reid/tiny', 'synthetic_reid/tiny_other'))
 
 
 def torchvision_state_dict(seed=0, ibn=False, prefix=''):
@@ -86,7 +69,7 @@ def fresh_model(config, num_classes, fresh=True):
 
 def flat(module):
   leaves = jax.tree_util.tree_leaves_with_path(nnx.state(module))
-  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+  return {path_name(p): np.asarray(v) for p, v in leaves}
 
 
 @pytest.mark.parametrize('ibn,prefix', [(False, ''), (True, ''), (False, 'model.')])
@@ -204,31 +187,30 @@ def test_pretrained_is_read_at_a_fresh_start_and_never_on_resume(setup, pretrain
   assert final_state(str(workdir))[0] == 3
 
 
-def reference_metrics(config, ckpt_workdir):
-  """R1/mAP/mINP in percent of the checkpoint's features on ``config.input.dataset``, from the
-  checkpoint's arrays read by orbax alone, ``models.embed`` and the NumPy protocol."""
-  from reid_jax import data, models
-  _, arrays = final_state(str(ckpt_workdir))
-  model = nnx.eval_shape(lambda: models.build_model(config.model, TINY_CLASSES))
-  graphdef, abstract = nnx.split(model)
-  leaves = jax.tree_util.tree_leaves_with_path(abstract)
-  values = [arrays["['model']" + jax.tree_util.keystr(p).removesuffix('.value')] for p, _ in leaves]
-  model = nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(abstract), values))
-  feats = {}
-  for split in ('query', 'gallery'):
-    fs, ps, cs = [], [], []
-    for b in data.eval_batches(config.input, split, batch_size=16):
-      v = np.asarray(b['valid'])
-      fs.append(np.asarray(models.embed(model, b['image']))[v])
-      ps.append(np.asarray(b['pid'])[v])
-      cs.append(np.asarray(b['camid'])[v])
-    f = np.concatenate(fs)
-    f /= np.linalg.norm(f, axis=1, keepdims=True)
-    feats[split] = (f, np.concatenate(ps), np.concatenate(cs))
-  (qf, qp, qc), (gf, gp, gc) = feats['query'], feats['gallery']
-  ref = eval_reference.ref_rank(((qf[:, None] - gf[None]) ** 2).sum(-1), qp, gp, qc, gc,
-                                max_rank=50)
-  return {'R1': 100 * ref['cmc'][0], 'mAP': 100 * ref['mAP_step'], 'mINP': 100 * ref['mINP']}
+def stored_model(workdir):
+  """``{'base/conv1/kernel/value': array}``: the newest checkpoint's ``model`` item as orbax alone
+  reads it (tests/test_train.final_state), keyed like ``path_name`` of the NNX state."""
+  _, arrays = final_state(str(workdir))
+  out = {}
+  for key, value in arrays.items():
+    parts = re.findall(r"\['?([^'\]]*)'?\]", key)
+    if parts[0] == 'model':
+      out['/'.join(parts[1:])] = value
+  return out
+
+
+def path_name(path):
+  return jax.tree_util.keystr(path, simple=True, separator='/')
+
+
+def model_from_orbax(config, ckpt_workdir):
+  """The newest checkpoint's model, from its arrays as orbax alone reads them."""
+  from reid_jax import models
+  arrays = stored_model(ckpt_workdir)
+  graphdef, abstract = nnx.split(nnx.eval_shape(
+      lambda: models.build_model(config.model, TINY_CLASSES)))
+  values = [arrays[path_name(p)] for p, _ in jax.tree_util.tree_leaves_with_path(abstract)]
+  return nnx.merge(graphdef, jax.tree.unflatten(jax.tree.structure(abstract), values))
 
 
 def test_eval_on_another_dataset(setup, pretrained_run):
@@ -241,7 +223,7 @@ def test_eval_on_another_dataset(setup, pretrained_run):
            '--config.input.dataset=synthetic_reid/tiny_other')
   got = json.loads((out / 'eval_metrics.json').read_text())
   config = load_config(cfg, **{'input.dataset': 'synthetic_reid/tiny_other'})
-  ref = reference_metrics(config, workdir)
+  ref, _ = reference_metrics(model_from_orbax(config, workdir), config)
   for k in ref:  # float32 features: rankings agree; metrics are ratios of small counts
     np.testing.assert_allclose(got[k], ref[k], atol=1e-3, err_msg=k)
 
@@ -255,7 +237,7 @@ def test_init_checkpoint_from_another_dataset_reinitialises_only_the_classifier(
                                'init_checkpoint': ckpt})
   model = fresh_model(config, OTHER_CLASSES)
   init = fresh_model(load_config(cfg), OTHER_CLASSES)  # same seed, no init_checkpoint
-  _, arrays = final_state(str(workdir))
+  arrays = stored_model(workdir)
   got, fresh = flat(model), flat(init)
   classifier = [k for k in got if 'classifier' in k]
   assert classifier and all(got[k].shape[-1] == OTHER_CLASSES for k in classifier)
@@ -263,7 +245,7 @@ def test_init_checkpoint_from_another_dataset_reinitialises_only_the_classifier(
     if k in classifier:
       np.testing.assert_array_equal(v, fresh[k], err_msg=k)
     else:
-      np.testing.assert_array_equal(v, arrays["['model']" + k.removesuffix('.value')], err_msg=k)
+      np.testing.assert_array_equal(v, arrays[k], err_msg=k)
   # pretrained is not read when init_checkpoint is set (the file no longer exists).
   config.model.pretrained = str(pretrained_run[1])
   fresh_model(config, OTHER_CLASSES)

@@ -11,8 +11,7 @@ import sys
 
 import numpy as np
 
-from reid_jax import prepare
-from tests.test_train import ROOT, TINY_CONFIG, final_state
+from tests.test_train import ROOT, final_state, tiny_config_file
 
 NAN_METHOD = '''
 import dataclasses
@@ -48,10 +47,8 @@ def get_config(arg=None):
 
 
 def test_nan_loss_stops_before_the_next_checkpoint(tmp_path):
-  data_dir = str(tmp_path / 'tfds')
-  prepare.prepare('synthetic_reid/tiny', data_dir=data_dir)
   cfg = tmp_path / 'nan_config.py'
-  cfg.write_text(TINY_CONFIG.format(root=ROOT, data_dir=data_dir) + NAN_METHOD)
+  cfg.write_text(open(tiny_config_file(tmp_path)).read() + NAN_METHOD)
   workdir = tmp_path / 'work'
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=1')
