@@ -91,11 +91,14 @@ def parse_flags_with(parser: Callable[[list[str]], list[str]]) -> Callable[[list
       if traceback_requested():
         raise
       text = message(e)
-      if isinstance(e, AttributeError):
-        key = text.strip('"\'')
+      if isinstance(e, AttributeError):  # ml_collections: an override names no config field
+        words = re.findall(r'[A-Za-z_]\w*', text)
+        key = words[0] if words else text
         named = [a for a in _config_overrides(argv) if re.search(rf'\.{re.escape(key)}\b', a)]
+        guess = re.search(r'Did you mean "(\w+)"', text)
         text = (f'{" ".join(named) or "a --config override"}: the config has no field {key!r}'
-                ' (check the spelling against configs/*.py and reid_jax/config_lib.py)')
+                + (f'; did you mean {guess.group(1)!r}?' if guess else
+                   ' (see configs/*.py and reid_jax/config_lib.py)'))
       elif isinstance(e, flags.Error) and not text.startswith('flag '):
         text = f'flags: {text}'
       fail(text)

@@ -45,7 +45,9 @@ def test_flag_and_config_mistakes(setup, tmp_path):
                     "--config=configs/baseline.py:foo=1", "unknown key 'foo'",
                     "known: ['center', 'dataset']")
   assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.input.sizes=1', work),
-                    "--config.input.sizes=1", "no field 'sizes'")
+                    "--config.input.sizes=1: the config has no field 'sizes'; did you mean 'size'?")
+  assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.optim.zzz=1', work),
+                    "--config.optim.zzz=1: the config has no field 'zzz'")
   assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.seed=abc', work),
                     '--config.seed=abc', "invalid literal for int()")
   assert_user_error(cli('reid_jax.main', '--config=configs/nosuch.py', work),
