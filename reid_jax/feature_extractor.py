@@ -96,10 +96,11 @@ class FeatureExtractor:
 
     self._features = jax.jit(features)
 
-  def prepare(self, images: Iterable[Any]) -> np.ndarray:
-    """The network inputs ``[N, H, W, 3]`` float32 of ``images`` (resized, normalised)."""
+  def prepare(self, images: Iterable[Any], start: int = 0) -> np.ndarray:
+    """The network inputs ``[N, H, W, 3]`` float32 of ``images`` (resized, normalised); errors
+    number the images from ``start``."""
     out = [self.transform({'image': _to_uint8(im, i)}, None)['image']
-           for i, im in enumerate(images)]
+           for i, im in enumerate(images, start)]
     if not out:
       raise ValueError('no images given')
     return np.stack(out)
@@ -119,5 +120,11 @@ class FeatureExtractor:
     return np.concatenate(out)
 
   def __call__(self, images: Iterable[Any]) -> np.ndarray:
-    """Features ``[N, D]`` float32 of ``images`` (paths, PIL images, uint8 arrays)."""
-    return self.embed_prepared(self.prepare(images))
+    """Features ``[N, D]`` float32 of ``images`` (paths, PIL images, uint8 arrays), decoded and
+    prepared one batch at a time."""
+    images = list(images)
+    if not images:
+      raise ValueError('no images given')
+    return np.concatenate([
+        self.embed_prepared(self.prepare(images[i:i + self.batch_size], start=i))
+        for i in range(0, len(images), self.batch_size)])
