@@ -7,6 +7,10 @@ P=20 x K=4; CE with label smoothing 0.1 (K fixed at 751, the official quirk) + b
 factor 0.01, x0.1 at epochs 40/80/120, 160 epochs, scheduler stepped at epoch END. Test: flip-sum
 of the BNNeck feature, L2-normalised, Euclidean distance.
 
+ImageNet initialisation: as BoT, torchvision's ResNet-50 file ``resnet50-19c8e357.pth``
+(https://download.pytorch.org/models/resnet50-19c8e357.pth); pass it as
+``--config.model.pretrained=FILE``.
+
 Usage: --config=configs/apnet.py[:DATASET] with DATASET market1501 (default), dukemtmc_reid,
 msmt17 (logits as the test feature, as the official msmt config) or synthetic (CPU demo); or
 key=value items: dataset=NAME, level=INT, attention=channel|spatial, pyramid=official|paper,

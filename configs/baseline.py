@@ -5,6 +5,10 @@ ResNet-50, last stride 1, no stem ReLU, BNNeck; CE with label smoothing 0.1 + ba
 factor 0.01, x0.1 at epochs 40 and 70, 120 epochs, scheduler stepped at epoch start. P=16 x K=4
 at 256x128. Test: BNNeck feature, L2-normalised, squared Euclidean.
 
+ImageNet initialisation: the official code loads torchvision's ResNet-50 file
+``resnet50-19c8e357.pth`` (https://download.pytorch.org/models/resnet50-19c8e357.pth; config
+``MODEL.PRETRAIN_PATH``); pass it as ``--config.model.pretrained=FILE``.
+
 Usage: --config=configs/baseline.py[:DATASET] with DATASET one of market1501 (default),
 dukemtmc_reid, msmt17, cuhk03_np, synthetic; or :dataset=NAME,center=1.
 """

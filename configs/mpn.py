@@ -11,8 +11,10 @@ scheduler stepped at epoch start under PyTorch 0.4 (epochs 0-19 at 1e-2, 20-39 1
 test resize; trapezoid AP as the official ``evaluate.py``.
 
 The official training starts the backbone from an IDE snapshot (``data/1501.pth``: ResNet-50 +
-fc512 + classifier trained for ID classification; not published). Convert one with
-``reid_jax.convert`` and pass ``--config.init_checkpoint=DIR``.
+fc512 + classifier trained for ID classification; not published), built on torchvision's
+ResNet-50. Its backbone keys are prefixed ``model.``: ``--config.model.pretrained=1501.pth`` finds
+them and loads the backbone (the rest is reported unused); torchvision's ``resnet50-19c8e357.pth``
+is the ImageNet starting point when no snapshot is at hand.
 
 Usage: --config=configs/mpn.py[:ARGS] with ARGS a dataset (market1501 (default), dukemtmc_reid,
 cuhk03_np, msmt17, synthetic) and/or key=value items: dataset=NAME, prior=stripes|parsing,

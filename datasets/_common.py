@@ -265,7 +265,27 @@ def readme_citation(builder_cls: type) -> str | None:
   return m.group(1).strip() if m else None
 
 
-class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+def _no_bucket() -> None:
+  """Stands in for ``DatasetInfo.initialize_from_bucket``: nothing of ours is on TFDS's GCS."""
+
+
+class LocalInfoMixin:
+  """For reid_jax's builders: no look-up of pre-computed metadata on TFDS's public GCS bucket.
+
+  ``tfds.core.DatasetBuilder.__init__`` calls ``DatasetInfo.initialize_from_bucket()`` whenever
+  the dataset is not built yet (tensorflow_datasets 4.9: ``core/dataset_builder.py``). That
+  method makes a ``tmp*tfds`` folder in the system temp dir before it checks GCS, and never
+  removes it; with GCS access enabled it also reaches for the network. Our datasets are never on
+  the bucket, so the builders' ``DatasetInfo`` skips the call.
+  """
+
+  def dataset_info_from_configs(self, **kwargs) -> tfds.core.DatasetInfo:
+    info = super().dataset_info_from_configs(**kwargs)
+    info.initialize_from_bucket = _no_bucket
+    return info
+
+
+class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the ReID builders. Subclasses set the class attributes and ``_list_records``.
 
   Constructor keywords (besides those of ``tfds.core.DatasetBuilder``):

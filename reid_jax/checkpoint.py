@@ -44,17 +44,31 @@ def save_model(model: nnx.Module, directory: str, *, num_classes: int,
 
 
 def read_meta(directory: str, step: int | None = None) -> dict[str, Any]:
+  _check_directory(directory)
   with _manager(directory) as mngr:
     step = _pick_step(mngr, directory, step)
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
 
 
+def _check_directory(directory: str) -> None:
+  """A readable error for a checkpoint path that does not exist or is not a directory."""
+  path = fileio.resolve(directory)
+  if not path.exists():
+    raise FileNotFoundError(f'checkpoint directory {directory!r} does not exist')
+  if not path.is_dir():
+    raise NotADirectoryError(f'checkpoint {directory!r} is a file; expected the directory '
+                             f'written by reid_jax.convert or training (WORKDIR/checkpoints)')
+
+
 def _pick_step(mngr: ocp.CheckpointManager, directory: str, step: int | None) -> int:
   steps = mngr.all_steps()
   if not steps:
+    hint = ''
+    if (fileio.resolve(directory) / 'checkpoints').exists():
+      hint = f'; for a training workdir pass {directory}/checkpoints'
     raise FileNotFoundError(f'no reid_jax checkpoint under {directory!r} (expected orbax step '
                             f'directories such as {directory}/0 written by reid_jax.convert or '
-                            f'training)')
+                            f'training){hint}')
   if step is None:
     return max(steps)
   if step not in steps:
@@ -66,12 +80,19 @@ def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
                   step: int | None = None) -> nnx.Module:
   """Builds ``model_config``'s model and fills it from the checkpoint (latest step by default).
 
-  The classifier width comes from the checkpoint's ``meta``. A checkpoint written for another
-  architecture fails with the mismatching variable named.
+  The classifier width comes from the checkpoint's ``meta``. A checkpoint of another method
+  (``meta['model']['name']``) is refused naming both; one written for another architecture of the
+  same method fails with the mismatching variable named.
   """
+  _check_directory(directory)
   with _manager(directory) as mngr:
     step = _pick_step(mngr, directory, step)
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    written_for = (meta.get('model') or {}).get('name')
+    if written_for and written_for != model_config.name:
+      raise ValueError(f'checkpoint {directory!r} holds a {written_for!r} model, but the config '
+                       f'builds config.model.name={model_config.name!r}; use the config of the '
+                       f'method that wrote it (configs/{written_for}.py for the reid_jax methods)')
     abstract = nnx.eval_shape(lambda: models.build_model(model_config, meta['num_classes']))
     graphdef, abstract_state = nnx.split(abstract)
     # Replicated over this run's devices, whatever topology wrote the checkpoint.
@@ -83,11 +104,76 @@ def restore_model(model_config: ml_collections.ConfigDict, directory: str, *,
       restored = mngr.restore(step, args=ocp.args.Composite(
           model=ocp.args.StandardRestore(target))).model
     except (ValueError, KeyError) as e:
+      detail = _mismatch(directory, step, abstract_state) or str(e)
       raise ValueError(f'checkpoint {directory!r} step {step} does not fit model '
-                       f'{model_config.name!r} as configured: {e}') from e
+                       f'{model_config.name!r} as configured: {detail}') from e
   model = nnx.merge(graphdef, restored)
   model.train()
   return model
+
+
+def _variable_shapes(tree) -> dict[str, tuple[int, ...]]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {jax.tree_util.keystr(p, simple=True, separator='/').removesuffix('/value'):
+          tuple(v.shape) for p, v in leaves if hasattr(v, 'shape')}
+
+
+def _mismatch(directory, step: int, abstract_state) -> str | None:
+  """The first model variable whose stored shape differs or that is missing, in words."""
+  try:
+    handlers = {'model': ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(fileio.resolve(directory), item_handlers=handlers) as mngr:
+      stored = _variable_shapes(mngr.item_metadata(step)['model'])
+  except Exception:  # noqa: BLE001  (diagnostics only: fall back to orbax's message)
+    return None
+  wanted = _variable_shapes(abstract_state)
+  for name, shape in wanted.items():
+    if name not in stored:
+      return f'variable {name} is not in the checkpoint'
+    if stored[name] != shape:
+      return (f'variable {name} has shape {stored[name]} in the checkpoint but {shape} in the '
+              f'model')
+  extra = sorted(set(stored) - set(wanted))
+  return f'the checkpoint has variables the model lacks: {", ".join(extra[:5])}' if extra else None
+
+
+def init_from_checkpoint(model: nnx.Module, model_config: ml_collections.ConfigDict,
+                         directory: str) -> list[str]:
+  """Copies a reid_jax checkpoint's model into ``model`` in place (``config.init_checkpoint``).
+
+  The checkpoint may come from a dataset with another number of identities: classifier variables
+  (path containing ``classifier``) whose shape differs keep ``model``'s initial value and are
+  returned as ``'path (checkpoint shape -> model shape)'``. Any other shape difference raises a
+  ``ValueError`` naming the variable, before anything is changed.
+  """
+  src = restore_model(model_config, directory)
+  src_leaves, src_def = jax.tree_util.tree_flatten_with_path(nnx.state(src))
+  dst_leaves, dst_def = jax.tree_util.tree_flatten_with_path(nnx.state(model))
+  if src_def != dst_def:
+    raise ValueError(f'config.init_checkpoint={directory!r}: its variables differ from the model '
+                     f'{model_config.name!r} as configured')
+  values, reinitialised = [], []
+  for (path, s), (_, d) in zip(src_leaves, dst_leaves):
+    name = jax.tree_util.keystr(path, simple=True, separator='/').removesuffix('/value')
+    if s.shape == d.shape:
+      values.append(s)
+    elif 'classifier' in name:
+      values.append(d)
+      reinitialised.append(f'{name} ({tuple(s.shape)} -> {tuple(d.shape)})')
+    else:
+      raise ValueError(f'config.init_checkpoint={directory!r}: variable {name} has shape '
+                       f'{tuple(s.shape)} in the checkpoint but {tuple(d.shape)} in the model; '
+                       f'only classifier variables may differ (another number of identities)')
+  nnx.update(model, jax.tree.unflatten(dst_def, values))
+  return reinitialised
+
+
+def committed_steps(directory) -> list[int]:
+  """The finished steps of the checkpoint at ``directory`` (none if it does not exist)."""
+  if not fileio.resolve(directory).exists():
+    return []
+  with _manager(directory) as mngr:
+    return list(mngr.all_steps())
 
 
 class TrainCheckpointManager:

@@ -30,6 +30,10 @@ def model_config(name: str) -> ml_collections.ConfigDict:
       width=64,            # stem channels; 64 is the real ResNet
       neck_feat='after',   # BNNeck test feature: 'after' (BN output) or 'before' (GAP)
       dtype='float32',     # compute dtype; parameters stay float32
+      # PyTorch backbone checkpoint loaded into model.base at a fresh start (never on resume;
+      # config.init_checkpoint wins): e.g. torchvision resnet50-19c8e357.pth. README: "ImageNet
+      # initialisation".
+      pretrained=ml_collections.config_dict.placeholder(str),
   ))
 
 

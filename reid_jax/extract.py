@@ -3,14 +3,13 @@
   extract_features(model, batches, *, flip='none', normalize=False) -> (feats, pids, camids)
 
 Command line (writes an .npz with ``feats [N, D] float32``, ``pids``, ``camids`` and, for
-``--images``, ``filenames``)::
+``--images``, ``filenames``; the features are ``reid_jax.FeatureExtractor``'s)::
 
   python -m reid_jax.extract --config=configs/baseline.py --checkpoint=DIR \\
       (--dataset=market1501 --split=query | --images=FOLDER) --out=FILE.npz
 
-``--images`` is self-contained (PIL). The checkpoint restore (``reid_jax.checkpoint.restore_model``)
-and ``--dataset`` (``reid_jax.data.eval_batches``) are imported lazily from modules owned by the
-training and data helpers: those paths work once those modules exist.
+``--images`` reads the image files of a folder (Market-style names give pid and camid);
+``--dataset`` reads a prepared TFDS dataset through ``reid_jax.data.eval_batches``.
 """
 
 from __future__ import annotations
@@ -107,17 +106,23 @@ def load_image(path: str, size, interpolation: str, mean, std) -> np.ndarray:
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
+def list_images(folder: str) -> list[str]:
+  """The image file names directly in ``folder``, sorted."""
+  if not os.path.isdir(folder):
+    raise ValueError(f'--images must be a folder, got {folder!r}')
+  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+  if not names:
+    raise ValueError(f'no {IMAGE_EXTS} images in {folder!r}')
+  return names
+
+
 def image_folder_batches(folder: str, input_config, batch_size: int):
   """(filenames, list of batches) for the images directly in ``folder`` (sorted by name).
 
   pid / camid come from Market-style names (``PPPP_cC...``), else -1. Batches are padded to
   ``batch_size`` with ``valid=False`` rows so every call has one shape.
   """
-  if not os.path.isdir(folder):
-    raise ValueError(f'--images must be a folder, got {folder!r}')
-  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
-  if not names:
-    raise ValueError(f'no {IMAGE_EXTS} images in {folder!r}')
+  names = list_images(folder)
 
   def gen():
     for i in range(0, len(names), batch_size):
@@ -163,24 +168,29 @@ def save_npz(path: str, feats, pids=None, camids=None, filenames=None) -> None:
 def main(argv):
   del argv
   from absl import flags  # noqa: PLC0415
-  import jax  # noqa: PLC0415
+
+  from reid_jax.feature_extractor import FeatureExtractor  # noqa: PLC0415
   f = flags.FLAGS
   config = f.config
   if bool(f.images) == bool(f.dataset):
     raise ValueError('give exactly one of --images=FOLDER or --dataset=NAME (with --split)')
-  from reid_jax import checkpoint  # noqa: PLC0415  (training helper's module)
-  model = checkpoint.restore_model(config.model, f.checkpoint)
-  batch_size = f.batch_size or config.input.eval_batch_size
+  extractor = FeatureExtractor(config, f.checkpoint, batch_size=f.batch_size or None)
   names = None
   if f.images:
-    names, batches = image_folder_batches(f.images, config.input, batch_size)
+    names = list_images(f.images)
+    feats = extractor([os.path.join(f.images, n) for n in names])
+    labels = [parse_market_name(n) or (-1, -1) for n in names]
+    pids = np.array([p for p, _ in labels], np.int64)
+    camids = np.array([c for _, c in labels], np.int64)
   else:
-    from reid_jax import data  # noqa: PLC0415  (data helper's module)
+    from reid_jax import data  # noqa: PLC0415
     config.input.dataset = f.dataset
-    batches = data.eval_batches(config.input, f.split, batch_size=batch_size,
-                                multiple_of=jax.device_count())
-  feats, pids, camids = extract_features(model, batches, flip=config.eval.flip,
-                                         normalize=config.eval.normalize)
+    parts = []
+    for batch in data.eval_batches(config.input, f.split, batch_size=extractor.batch_size):
+      valid = np.asarray(batch['valid'], bool)
+      parts.append((extractor.embed_prepared(np.asarray(batch['image']))[valid],
+                    np.asarray(batch['pid'])[valid], np.asarray(batch['camid'])[valid]))
+    feats, pids, camids = (np.concatenate(x) for x in zip(*parts))
   keep_labels = names is None or bool((pids >= 0).all())
   save_npz(f.out, feats, pids if keep_labels else None, camids if keep_labels else None, names)
   print(f'wrote {feats.shape[0]} x {feats.shape[1]} features to {f.out}')
@@ -200,6 +210,6 @@ def _define_flags():
 
 
 if __name__ == '__main__':
-  from absl import app  # noqa: PLC0415
+  from reid_jax import cli  # noqa: PLC0415
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -12,6 +12,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from reid_jax import cli
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py[:ARG]).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and metrics go.')
@@ -45,7 +47,7 @@ def main(argv):
   config = _CONFIG.value
   if _MODE.value == 'eval':
     if not _CHECKPOINT.value:
-      raise app.UsageError('--mode=eval needs --checkpoint=DIR')
+      raise cli.UserError('--mode=eval needs --checkpoint=DIR')
     results = train.evaluate_checkpoint(config, _CHECKPOINT.value, _WORKDIR.value)
   else:
     results = train.train_and_evaluate(config, _WORKDIR.value)
@@ -54,4 +56,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

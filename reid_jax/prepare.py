@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
-import sys
 import tempfile
 from typing import Any
 
@@ -174,18 +173,16 @@ def main(argv):
   name = argv[1]
   fv = CLI_FLAGS
   kwargs = {}
-  try:
-    if issubclass(builder_class(split_name(name)[0]), _common.ReidBuilder):
-      kwargs = dict(skip_corrupt=fv.skip_corrupt, check_counts=fv.check_counts)
-    elif fv.skip_corrupt or fv.check_counts != 'warn':
-      raise UnknownDatasetError(f'{name} takes no --skip_corrupt / --check_counts.')
-    path = prepare(name, fv.manual_dir, fv.data_dir, overwrite=fv.overwrite, **kwargs)
-  except (UnknownDatasetError, _common.LayoutError, _common.CorruptImageError,
-          _common.CountMismatchError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  if issubclass(builder_class(split_name(name)[0]), _common.ReidBuilder):
+    kwargs = dict(skip_corrupt=fv.skip_corrupt, check_counts=fv.check_counts)
+  elif fv.skip_corrupt or fv.check_counts != 'warn':
+    raise UnknownDatasetError(f'{name} takes no --skip_corrupt / --check_counts.')
+  # Unknown names, a wrong --manual_dir, corrupt images and count mismatches are ValueError /
+  # FileNotFoundError subclasses: reid_jax.cli prints them as one error line (exit status 2).
+  path = prepare(name, fv.manual_dir, fv.data_dir, overwrite=fv.overwrite, **kwargs)
   print(path)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  from reid_jax import cli  # pylint: disable=import-outside-toplevel
+  cli.run(main, flags_parser=parse_flags)

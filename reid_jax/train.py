@@ -142,17 +142,19 @@ class Optimizers:
             for g in self.groups}
 
 
-def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState, Optimizers]:
+def init_state(config, num_classes: int, mesh, *,
+               fresh: bool = True) -> tuple[nnx.GraphDef, TrainState, Optimizers]:
   """Builds the model, its optimizers and extra state; returns ``(graphdef, state, optimizers)``.
 
   ``state = {'params', 'rest', 'opt_state': {group: ...}, 'extra', 'step'}``, placed on ``mesh``.
+  ``fresh``: a run that starts from scratch, whose initial weights come from
+  ``config.init_checkpoint`` or ``config.model.pretrained`` (``load_initial_weights``); a resumed
+  run passes False and reads neither (its checkpoint replaces every value).
   """
   method = registry.get_method(config.model.name)
   model = models.build_model(config.model, num_classes, seed=config.seed)
-  if config.get('init_checkpoint'):
-    src = ckpt_lib.restore_model(config.model, config.init_checkpoint)
-    nnx.update(model, nnx.state(src))
-    logging.info('initialised from %s', config.init_checkpoint)
+  if fresh:
+    load_initial_weights(model, config)
   extra = None
   if method.init_extra is not None:
     extra = method.init_extra(config, model, num_classes, jax.random.key(config.seed + 1))
@@ -162,6 +164,47 @@ def init_state(config, num_classes: int, mesh) -> tuple[nnx.GraphDef, TrainState
            'step': jnp.zeros([], jnp.int32)}
   state = jax.device_put(state, jax.tree.map(lambda x: param_sharding(mesh, x), state))
   return graphdef, state, optimizers
+
+
+def load_initial_weights(model: nnx.Module, config) -> None:
+  """The initial weights of a fresh run, in place.
+
+  * ``config.init_checkpoint = DIR`` (a reid_jax checkpoint: training or ``reid_jax.convert``):
+    the whole model; classifier variables of another width (another dataset) keep their init,
+    reported. It wins over ``config.model.pretrained``, which is then not read (logged).
+  * ``config.model.pretrained = FILE`` (a PyTorch backbone checkpoint, e.g. torchvision's
+    ``resnet50-19c8e357.pth``): the backbone ``model.base`` only
+    (``reid_jax.convert.load_backbone``); the heads keep their init.
+  * neither, on a real benchmark: a warning (published numbers start from ImageNet weights).
+  """
+  from reid_jax.convert import load_backbone, load_torch_checkpoint
+  init_checkpoint = config.get('init_checkpoint')
+  pretrained = config.model.get('pretrained')
+  if init_checkpoint:
+    if pretrained:
+      logging.info('config.init_checkpoint=%s holds the whole model: config.model.pretrained=%s '
+                   'is not read', init_checkpoint, pretrained)
+    reinitialised = ckpt_lib.init_from_checkpoint(model, config.model, init_checkpoint)
+    logging.info('initialised from %s', init_checkpoint)
+    if reinitialised:
+      logging.warning('config.init_checkpoint=%s was trained with another number of classes: '
+                      're-initialised %s', init_checkpoint, ', '.join(reinitialised))
+  elif pretrained:
+    state_dict = load_torch_checkpoint(pretrained)
+    try:
+      report = load_backbone(model, state_dict)
+    except (KeyError, ValueError) as e:
+      text = e.args[0] if isinstance(e, KeyError) and e.args else e
+      raise ValueError(f'config.model.pretrained={pretrained}: {text}') from e
+    logging.info('config.model.pretrained: loaded %d tensors from %s into model.base%s; %d '
+                 'unused keys%s', len(report.loaded), pretrained,
+                 f' (keys under {report.prefix!r})' if report.prefix else '', len(report.unused),
+                 f': {", ".join(report.unused[:20])}' if report.unused else '')
+  elif not config.input.dataset.startswith('synthetic_reid'):
+    logging.warning('training %s from random weights: published results start from an ImageNet '
+                    'backbone; set --config.model.pretrained=FILE (e.g. torchvision '
+                    'resnet50-19c8e357.pth, see README "ImageNet initialisation")',
+                    config.input.dataset)
 
 
 def make_train_step(graphdef, optimizers: Optimizers, config, mesh):
@@ -401,6 +444,43 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+class NonFiniteLossError(ValueError):
+  """Training produced a non-finite loss; the message names the step and the loss terms."""
+
+
+class _FiniteGuard:
+  """Stops training at the first non-finite metric (loss terms, learning rate).
+
+  The step's metrics stay on the device until ``check`` (called before every checkpoint save,
+  evaluation and log line): the loop never waits for a step just to look at its loss. ``check``
+  fetches the pending scalars at once and raises ``NonFiniteLossError`` for the first non-finite
+  step, after letting the checkpoint saves already under way finish (they hold finite values).
+  """
+
+  def __init__(self, manager):
+    self.manager = manager
+    self.pending = []
+
+  def add(self, step: int, epoch: int, metrics) -> None:
+    self.pending.append((step, epoch, metrics))
+
+  def check(self) -> None:
+    pending, self.pending = jax.device_get(self.pending), []
+    for step, epoch, metrics in pending:
+      values = {k: float(v) for k, v in metrics.items()}
+      if all(np.isfinite(v) for v in values.values()):
+        continue
+      self.manager.wait()
+      latest = ckpt_lib.committed_steps(self.manager.directory)
+      kept = (f'the last checkpoint, step {max(latest)}, holds finite values'
+              if latest else 'no checkpoint was written')
+      terms = ', '.join(f'{k}={v:.6g}' for k, v in sorted(values.items()))
+      raise NonFiniteLossError(
+          f'non-finite loss at step {step} (epoch {epoch + 1}): {terms}. Training stopped '
+          f'without saving; {kept} ({self.manager.directory}). Lower the learning rate '
+          f'(config.optim.lr) or check the inputs.')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains ``config`` in ``workdir`` (resuming from its latest checkpoint) and evaluates.
 
@@ -424,8 +504,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.get('max_steps'):
     num_steps = min(num_steps, config.max_steps)
 
+  resuming = bool(ckpt_lib.committed_steps(workdir / 'checkpoints'))
   with jax.set_mesh(mesh):
-    graphdef, state, optimizers = init_state(config, info.num_classes, mesh)
+    graphdef, state, optimizers = init_state(config, info.num_classes, mesh, fresh=not resuming)
     train_step = make_train_step(graphdef, optimizers, config, mesh)
     epoch_lrs = optimizers.learning_rates(config, config.num_epochs)
     fields = registry.get_method(config.model.name).batch_fields(config)
@@ -439,6 +520,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state, start_step = manager.restore_latest(state, train_iter)
     if start_step:
       logging.info('resumed from step %d', start_step)
+    elif resuming:  # no checkpoint was readable: a fresh start after all
+      _, state, _ = init_state(config, info.num_classes, mesh)
 
     writer = metric_writers.create_default_writer(
         os.fspath(workdir), just_logging=jax.process_index() > 0, asynchronous=False)
@@ -451,7 +534,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         hooks.append(periodic_actions.Profile(logdir=os.fspath(workdir), num_profile_steps=5))
     meta = {'num_classes': info.num_classes, 'model': config.model.to_dict()}
 
+    guard = _FiniteGuard(manager)
+
     def save(step, force=False):
+      guard.check()  # never write a checkpoint after a non-finite step
       manager.save(step, state, train_iter, meta=meta, force=force)
 
     results = None
@@ -466,10 +552,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         context = {'epoch': jnp.int32(epoch), 'epoch_step': jnp.int32(step - epoch_start)}
         state, metrics = train_step(state, put_batch(mesh, batch, fields), lr, context)
         step += 1
+        guard.add(step, epoch, metrics)
         seen += batch['image'].shape[0] * jax.process_count()
         for h in hooks:
           h(step)
         if step % config.log_every_steps == 0 or step == num_steps:
+          guard.check()
           scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
           scalars['images_per_sec'] = seen / max(time.time() - t0, 1e-9)
           scalars['epoch'] = epoch + 1
@@ -487,10 +575,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           save(step)
         every = config.eval.every_epochs
         if end_of_epoch and every and (epoch + 1) % every == 0 and step != num_steps:
+          guard.check()
           results = evaluate_model(model_from_state(graphdef, state), config, mesh,
                                    data_dir=data_dir)
           writer.write_scalars(step, summary(results, 'eval/'))
     manager.wait()
+    guard.check()
     final = {'step': step}
     if config.eval.at_end:
       results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir,

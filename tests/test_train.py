@@ -42,16 +42,59 @@ def get_config(arg=None):
 '''
 
 
+def tiny_config_file(root, datasets=('synthetic_reid/tiny',)) -> str:
+  """Builds ``datasets`` under ``root/tfds`` and writes ``root/tiny_config.py`` (TINY_CONFIG)."""
+  data_dir = str(root / 'tfds')
+  for name in datasets:
+    prepare.prepare(name, data_dir=data_dir)
+  cfg = root / 'tiny_config.py'
+  cfg.write_text(TINY_CONFIG.format(root=ROOT, data_dir=data_dir))
+  return str(cfg)
+
+
+def load_config(cfg, **overrides):
+  """``get_config()`` of a config file, with ``{'section.field': value}`` overrides."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location('tiny_cfg', cfg)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in overrides.items():
+    section, _, field = key.rpartition('.')
+    (config[section] if section else config)[field] = value
+  return config
+
+
+def reference_metrics(model, config):
+  """R1/mAP/mINP in percent of ``model`` on ``config.input.dataset``, and the query features:
+  ``models.embed`` on the eval loader's images, L2-normalised, squared Euclidean distances,
+  scored by the NumPy reference of the Market protocol (tests/eval_reference.py)."""
+  from reid_jax import data, models
+  from tests import eval_reference
+  feats = {}
+  for split in ('query', 'gallery'):
+    fs, ps, cs = [], [], []
+    for b in data.eval_batches(config.input, split, batch_size=16):
+      v = np.asarray(b['valid'])
+      fs.append(np.asarray(models.embed(model, b['image']))[v])
+      ps.append(np.asarray(b['pid'])[v])
+      cs.append(np.asarray(b['camid'])[v])
+    f = np.concatenate(fs)
+    f /= np.linalg.norm(f, axis=1, keepdims=True)  # config.eval.normalize
+    feats[split] = (f, np.concatenate(ps), np.concatenate(cs))
+  (qf, qp, qc), (gf, gp, gc) = feats['query'], feats['gallery']
+  dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)  # sqeuclidean
+  ref = eval_reference.ref_rank(dist, qp, gp, qc, gc, max_rank=50)
+  return ({'R1': 100 * ref['cmc'][0], 'mAP': 100 * ref['mAP_step'], 'mINP': 100 * ref['mINP']},
+          (qf, qp))
+
+
 @pytest.fixture(scope='module')
 def tiny_setup(tmp_path_factory):
   global CACHE_DIR
   root = tmp_path_factory.mktemp('train')
   CACHE_DIR = str(root / 'jax_cache')
-  data_dir = str(root / 'tfds')
-  prepare.prepare('synthetic_reid/tiny', data_dir=data_dir)
-  cfg = root / 'tiny_config.py'
-  cfg.write_text(TINY_CONFIG.format(root=ROOT, data_dir=data_dir))
-  return root, str(cfg)
+  return root, tiny_config_file(root)
 
 
 def main_cmd(cfg, workdir, *extra):
@@ -181,9 +224,7 @@ def test_eval_mode_and_extract_cli_on_the_trained_checkpoint(tiny_setup, referen
   """``--mode=eval`` on a training checkpoint gives the metrics of an independent computation:
   features from ``models.embed`` on the eval loader's images, scored by the NumPy reference of the
   Market protocol (tests/eval_reference.py). ``reid_jax.extract`` writes the same query features."""
-  from reid_jax import checkpoint, config_lib, data
-  from tests import eval_reference
-  import importlib.util
+  from reid_jax import checkpoint
   root, cfg = tiny_setup
   out = root / 'evaluated'
   ckpt = str(root / 'reference' / 'checkpoints')
@@ -192,29 +233,10 @@ def test_eval_mode_and_extract_cli_on_the_trained_checkpoint(tiny_setup, referen
     got = json.load(f)
   assert (out / 'pictures' / 'cmc.png').exists() and (out / 'pictures' / 'rank_query0001.png').exists()
 
-  spec = importlib.util.spec_from_file_location('tiny_cfg', cfg)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  model = checkpoint.restore_model(config.model, ckpt)
-  from reid_jax import models
-  feats = {}
-  for split in ('query', 'gallery'):
-    fs, ps, cs = [], [], []
-    for b in data.eval_batches(config.input, split, batch_size=16):
-      v = np.asarray(b['valid'])
-      fs.append(np.asarray(models.embed(model, b['image']))[v])
-      ps.append(np.asarray(b['pid'])[v])
-      cs.append(np.asarray(b['camid'])[v])
-    f = np.concatenate(fs)
-    f /= np.linalg.norm(f, axis=1, keepdims=True)  # config.eval.normalize
-    feats[split] = (f, np.concatenate(ps), np.concatenate(cs))
-  (qf, qp, qc), (gf, gp, gc) = feats['query'], feats['gallery']
-  dist = ((qf[:, None, :] - gf[None, :, :]) ** 2).sum(-1)  # sqeuclidean
-  ref = eval_reference.ref_rank(dist, qp, gp, qc, gc, max_rank=50)
-  np.testing.assert_allclose(got['R1'], 100 * ref['cmc'][0], atol=1e-3)
-  np.testing.assert_allclose(got['mAP'], 100 * ref['mAP_step'], atol=1e-3)
-  np.testing.assert_allclose(got['mINP'], 100 * ref['mINP'], atol=1e-3)
+  config = load_config(cfg)
+  ref, (qf, qp) = reference_metrics(checkpoint.restore_model(config.model, ckpt), config)
+  for k in ('R1', 'mAP', 'mINP'):
+    np.testing.assert_allclose(got[k], ref[k], atol=1e-3, err_msg=k)
 
   npz = root / 'query_feats.npz'
   proc = subprocess.run([sys.executable, '-m', 'reid_jax.extract', f'--config={cfg}',

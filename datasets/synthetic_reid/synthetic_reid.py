@@ -1,7 +1,8 @@
 """TFDS builder of ``synthetic_reid``: a thin wrapper over ``reid_jax.data.synthetic``.
 
 Configs: ``demo`` (default, 128x64, about 4k images), ``occluded`` (demo with occluders),
-``tiny`` and ``tiny_occluded`` (64x32, about 200 images, for tests). Build with
+``tiny`` and ``tiny_occluded`` (64x32, about 200 images, for tests), ``tiny_other`` (64x32, 6 + 6
+identities: training and testing across datasets). Build with
 ``python -m reid_jax.prepare synthetic_reid/tiny`` or ``builder.download_and_prepare()``.
 """
 
@@ -15,6 +16,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from reid_jax.data import synthetic
+from reid_jax_datasets._common import LocalInfoMixin
 
 SEED = 0  # the dataset is a fixed artefact: one seed, versioned with the generator
 
@@ -38,7 +40,7 @@ def _png(array: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-class SyntheticReid(tfds.core.GeneratorBasedBuilder):
+class SyntheticReid(LocalInfoMixin, tfds.core.GeneratorBasedBuilder):
   """Synthetic persons seen by several cameras, with parsing masks and identity textures."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -51,6 +53,10 @@ class SyntheticReid(tfds.core.GeneratorBasedBuilder):
                           spec=_TINY),
       SyntheticReidConfig(name='tiny_occluded', description='tiny with occluders.',
                           spec=dataclasses.replace(_TINY, occluded=True)),
+      SyntheticReidConfig(name='tiny_other', description='64x32, 6 + 6 ids, tiny with another '
+                          'number of identities (tests across datasets).',
+                          spec=dataclasses.replace(_TINY, num_train_ids=6, num_test_ids=6,
+                                                   num_distractors=4, num_junk=2)),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import os
 import pickle
 from typing import Any, Mapping, Sequence
 
@@ -47,6 +48,8 @@ def load_torch_checkpoint(path, *, use_torch: bool | None = None) -> dict[str, n
   message saying how to re-save it as a state_dict.
   """
   path = str(path)
+  if os.path.isdir(path):
+    raise ValueError(f'{path} is a directory; expected a PyTorch checkpoint file (.pth)')
   if use_torch is None:
     try:
       import torch  # noqa: F401
@@ -73,8 +76,12 @@ def _torch_load(path: str) -> Any:
     # torch names the rejected global as "GLOBAL module.name"; surface it with our advice.
     text = str(e)
     marker = 'GLOBAL '
-    name = text.split(marker, 1)[1].split()[0] if marker in text else 'an unsupported global'
+    if marker not in text:
+      raise ValueError(f'{path}: not a PyTorch checkpoint (its pickle cannot be read)') from None
+    name = text.split(marker, 1)[1].split()[0]
     raise UnsafeCheckpointError(_unsafe_message(path, name.rstrip('.,'))) from None
+  except (RuntimeError, EOFError, KeyError, OSError) as e:  # truncated zip, wrong magic ...
+    raise ValueError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
   return _tensors_to_numpy(obj)
 
 
@@ -124,6 +131,7 @@ class LoadReport:
   excluded: list[str]
   aliases_checked: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
+  prefix: str = ''  # where the model's keys sat in the checkpoint (load_backbone)
 
   def __str__(self) -> str:
     s = f'loaded {len(self.loaded)} tensors'
@@ -188,9 +196,10 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   updates, skipped = [], []
   for key, target in wanted.items():
     value = np.asarray(state_dict[key])
-    converted = _to_flax_layout(value, target.kind)
     current = target.variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
     expected = tuple(current.shape)
+    ndim = {keymaps.CONV: 4, keymaps.LINEAR: 2}.get(target.kind, value.ndim)
+    converted = _to_flax_layout(value, target.kind) if value.ndim == ndim else value
     if converted.shape != expected:
       if skip_mismatched_classifiers and target.classifier:
         skipped.append(key)
@@ -215,34 +224,6 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
                     skipped=sorted(skipped))
 
 
-def backbone_prefix(state_dict: Mapping[str, np.ndarray]) -> str:
-  """The prefix under which ``state_dict`` holds a torchvision ResNet (``'{prefix}conv1.weight'``
-  next to ``'{prefix}bn1.weight'`` and ``'{prefix}layer1.*'``); the shortest one wins."""
-  stem = 'conv1.weight'
-  found = []
-  for key in state_dict:
-    p = key[:-len(stem)]
-    if (key.endswith(stem) and p + 'bn1.weight' in state_dict
-        and any(k.startswith(p + 'layer1.') for k in state_dict)):
-      found.append(p)
-  if not found:
-    raise KeyError('no torchvision ResNet in the checkpoint (no PREFIXconv1.weight with '
-                   f'PREFIXbn1.weight and PREFIXlayer1.*); keys look like {sorted(state_dict)[:8]}')
-  return min(found, key=len)
-
-
-def load_backbone(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
-                  prefix: str | None = None, exclude: Sequence[str] = ()) -> LoadReport:
-  """Loads a torchvision-layout ResNet into ``model.base`` (every reid_jax method's backbone),
-  leaving the rest of the model at its initial value: ImageNet weights (prefix ``''``), another
-  model's backbone (``'base.'``) or MPN's IDE snapshot (WangKan0128/MPN ``data/1501.pth``, an
-  ``FtNet``: ``model.conv1.*`` ... ``model.layer4.*``, plus ``model.fc.*`` and ``classifier.*``,
-  reported unused). ``prefix=None`` finds it in the checkpoint (``backbone_prefix``)."""
-  if prefix is None:
-    prefix = backbone_prefix(state_dict)
-  return load_torch_weights(model.base, state_dict, prefix=prefix, exclude=exclude)
-
-
 def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> list[str]:
   """Checks that each alias present in ``state_dict`` is an exact copy of its canonical key."""
   checked = []
@@ -261,3 +242,45 @@ def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, s
                        f'inconsistent; pass exclude=[{alias!r}] to skip this check')
     checked.append(alias)
   return checked
+
+
+def backbone_prefix(state_dict: Mapping[str, np.ndarray], keys: Sequence[str]) -> str:
+  """The prefix under which ``state_dict`` holds every key of a backbone key map: ``''`` for a
+  torchvision / IBN-Net file, ``'model.'`` for an IDE snapshot whose ResNet is ``self.model``,
+  ``'base.'`` for a BoT checkpoint. ``''`` when no prefix holds them all (the caller reports the
+  missing keys); a ``ValueError`` when several do."""
+  anchor = keys[0]
+  candidates = sorted({k[:len(k) - len(anchor)] for k in state_dict
+                       if k == anchor or k.endswith('.' + anchor)})
+  complete = [p for p in candidates if all(p + k in state_dict for k in keys)]
+  if '' in complete or not complete:
+    return ''
+  if len(complete) > 1:
+    raise ValueError(f'the checkpoint holds a complete backbone under several prefixes '
+                     f'{complete}; keep one (e.g. re-save the state_dict of that sub-module)')
+  return complete[0]
+
+
+def load_backbone(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
+                  prefix: str | None = None, exclude: Sequence[str] = ()) -> LoadReport:
+  """Copies a backbone checkpoint into ``model.base`` in place; the rest of the model keeps its
+  initial value.
+
+  Every reid_jax method keeps its backbone at ``model.base``; its key map comes from the
+  backbone's class (``keymaps.keymap_for``): torchvision ResNet-18/34/50/101/152 (ImageNet files
+  ``resnet50-19c8e357.pth``, ``resnet50-0676ba61.pth``), IBN-a ResNets in the IBN-Net / fast-reid
+  layout (``resnet50_ibn_a.pth``: ``bn1.IN.*`` / ``bn1.BN.*``). The backbone keys may sit under
+  one prefix, found in the checkpoint when ``prefix`` is None (``backbone_prefix``): ``''`` for an
+  ImageNet file, ``'model.'`` for MPN's IDE snapshot (WangKan0128/MPN ``data/1501.pth``, an
+  ``FtNet`` whose ``model.fc.*`` and ``classifier.*`` are reported unused), ``'base.'`` for a BoT
+  checkpoint. A missing or mis-shaped backbone key raises naming it, and then nothing is changed.
+  ``report.prefix`` is the prefix used.
+  """
+  base = getattr(model, 'base', None)
+  if not isinstance(base, nnx.Module):
+    raise ValueError(f'{type(model).__name__} has no backbone module at model.base')
+  if prefix is None:
+    prefix = backbone_prefix(state_dict, list(keymaps.keymap_for(base)))
+  report = load_torch_weights(base, state_dict, prefix=prefix, exclude=exclude)
+  report.prefix = prefix
+  return report

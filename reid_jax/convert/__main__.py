@@ -24,7 +24,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from reid_jax import checkpoint, fileio, models
+from reid_jax import checkpoint, cli, fileio, models
 from reid_jax.convert import keymaps, load_backbone, load_torch_checkpoint, load_torch_weights
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Model config file (configs/*.py).',
@@ -61,12 +61,12 @@ def main(argv):
   for name, flag in (('--config', config), ('--torch_checkpoint', _TORCH_CHECKPOINT.value),
                      ('--out', _OUT.value)):
     if flag is None:
-      raise app.UsageError(f'{name} is required')
+      raise cli.UserError(f'{name} is required')
   if _BACKBONE_ONLY.value and not _NUM_CLASSES.value:
-    raise app.UsageError('--backbone_only needs --num_classes (the training dataset\'s classes)')
+    raise cli.UserError('--backbone_only needs --num_classes (the training dataset\'s classes)')
   out = fileio.resolve(_OUT.value)
   if out.exists() and any(out.iterdir()):
-    raise app.UsageError(f'--out={out} exists and is not empty; choose a new directory')
+    raise cli.UserError(f'--out={out} exists and is not empty; choose a new directory')
   state_dict = load_torch_checkpoint(_TORCH_CHECKPOINT.value)
   if _BACKBONE_ONLY.value:
     num_classes = _NUM_CLASSES.value
@@ -93,4 +93,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
