@@ -10,6 +10,9 @@ import pytest
 from flax import nnx
 
 from reid_jax import config_lib, models, train
+from tests.tolerances import U, assert_close_scaled, sum_tol
+
+LR = 1e-3  # run_step's learning rate
 
 
 def tiny_config(**kw):
@@ -37,7 +40,7 @@ def run_step(c, data, num_classes=6):
   with jax.set_mesh(mesh):
     graphdef, state, tx = train.init_state(c, num_classes, mesh)
     step = train.make_train_step(graphdef, tx, c, mesh)
-    new_state, metrics = step(state, train.put_batch(mesh, data), jnp.float32(1e-3))
+    new_state, metrics = step(state, train.put_batch(mesh, data), jnp.float32(LR))
   return graphdef, jax.device_get(new_state), jax.device_get(metrics)
 
 
@@ -57,16 +60,48 @@ def test_one_step_equals_hand_written_step():
 
   value, grads = jax.value_and_grad(loss)(params)
   wd = c.optim.weight_decay
-  expected = jax.tree.map(lambda p, g: p - 1e-3 * (g + wd * p), params, grads)
-  np.testing.assert_allclose(metrics['loss'], value, rtol=1e-5)
-  assert_params_close(state['params'], expected)
+  expected = jax.tree.map(lambda p, g: p - LR * (g + wd * p), params, grads)
+  assert_loss_close(metrics['loss'], value, c)
+  assert_params_close(state['params'], expected, params, c)
 
 
-def assert_params_close(got_tree, want_tree):
-  got, want = jax.tree.leaves(got_tree), jax.tree.leaves(want_tree)
-  assert len(got) == len(want)
+def error_terms(c):
+  """``(terms, depth)`` of the step's rounding error (tests/tolerances.py): the longest
+  reduction is over every stem output position of the batch (BatchNorm statistics, the stem
+  kernel's gradient), B * H/2 * W/2 terms, chained through the network's ``depth`` layers."""
+  h, w = c.input.size
+  return c.input.p * c.input.k * (h // 2) * (w // 2), c.model.depth
+
+
+def assert_loss_close(got, want, c):
+  # Forward pass: BatchNorm renormalises every layer's output, so the layers' independent
+  # errors add in quadrature (terms * depth roundings, depth 1): 8 U sqrt(18 * 1024) ~ 6.5e-5
+  # relative here. A missing loss term (triplet ~0.3, centre) or a wrong mean (x2) is >= 1e-2.
+  terms, depth = error_terms(c)
+  assert_close_scaled(got, want, terms=terms * depth)
+
+
+def assert_params_close(got_tree, want_tree, start_tree, c):
+  """Parameters after one SGD step of ``LR`` from ``start_tree``. The update is LR * d, d the
+  reference's gradient (+ weight decay), so its error is LR times the gradient's: backward
+  through BatchNorm cancels and amplifies, so the chained layers add linearly (depth), and an
+  error made in one layer reaches every earlier layer, so the scale is max |d| over the whole
+  network, not the leaf's own: atol = LR * 8 U depth sqrt(terms) max |d| (~2.7e-4 LR max |d|
+  here; measured <= 3.1e-5 on AVX-512). rtol 2U: the stored parameters' own rounding. Still
+  catches a wrong gradient scale (x2, 1/accum), a missing loss term or a wrong sign: each moves
+  d by a fraction of max |d|, >= 1e-2."""
+  got, want, start = (jax.tree.leaves(t) for t in (got_tree, want_tree, start_tree))
+  assert len(got) == len(want) == len(start)
+  d_max = max(np.max(np.abs(np.asarray(s, np.float64) - w)) for s, w in zip(start, want)) / LR
+  terms, depth = error_terms(c)
+  atol = LR * sum_tol(terms, d_max, depth=depth)
   for g, w in zip(got, want):
-    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g, w, rtol=2 * U, atol=atol)
+
+
+def initial_params(c, num_classes=6):
+  """The parameters run_step starts from (train.init_state builds the same model)."""
+  return nnx.split(models.build_model(c.model, num_classes, seed=c.seed), nnx.Param, ...)[1]
 
 
 def test_grad_accumulation_matches_full_batch_for_per_example_loss():
@@ -80,8 +115,8 @@ def test_grad_accumulation_matches_full_batch_for_per_example_loss():
   c2 = tiny_config(grad_accum_steps=2)
   _, s1, m1 = run_step(c1, data)
   _, s2, m2 = run_step(c2, data)
-  np.testing.assert_allclose(m2['loss'], m1['loss'], rtol=1e-5)
-  assert_params_close(s2['params'], s1['params'])
+  assert_loss_close(m2['loss'], m1['loss'], c1)
+  assert_params_close(s2['params'], s1['params'], initial_params(c1), c1)
 
 
 def test_grad_accumulation_rejects_split_identities():
@@ -118,7 +153,13 @@ def test_center_loss_centres_follow_bot_sgd_rule():
     members = data['label'] == j
     grad = -(2.0 / b) * np.sum(feats[members] - centers0[j], axis=0)
     expected[j] = centers0[j] - c.optim.center_lr * grad
-  np.testing.assert_allclose(new_state['centers'], expected, rtol=1e-4, atol=1e-5)
+  # The centres inherit the features' forward error (as in assert_loss_close) times
+  # center_lr * 2K/B; the terms summed are f - c. rtol 2U: the centres' own rounding. A wrong
+  # rescaling (1/center_weight), sign or mean moves them by ~center_lr * |f - c|, 1e3x more.
+  terms, depth = error_terms(c)
+  scale = c.optim.center_lr * 2 * c.input.k / b * (np.abs(feats).max() + np.abs(centers0).max())
+  assert_close_scaled(new_state['centers'], expected, terms=terms * depth, scale=scale,
+                      rtol=2 * U)
   assert 'center' in metrics
 
 
@@ -134,5 +175,5 @@ def test_fsdp_mesh_step_matches_data_parallel_step():
   assert any('fsdp' in tuple(spec) for spec in specs)  # the large kernels are split
   _, s1, m1 = run_step(c1, data)
   _, s2, m2 = run_step(c2, data)
-  np.testing.assert_allclose(m2['loss'], m1['loss'], rtol=1e-5)
-  assert_params_close(s2['params'], s1['params'])
+  assert_loss_close(m2['loss'], m1['loss'], c1)
+  assert_params_close(s2['params'], s1['params'], initial_params(c1), c1)

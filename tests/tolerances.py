@@ -1,0 +1,61 @@
+"""Float tolerances from the computation's rounding error, not from one machine's output.
+
+XLA:CPU emits different code per CPU (4, 8 or 16 float32 lanes under SSE4.2, AVX2 and AVX-512,
+FMA contraction or not, other blockings of dots and reductions), so every reduction is summed in
+another order on another machine, as it is between a sharded and an unsharded step, between
+micro-batches and one batch, and between XLA and PyTorch. A tolerance must therefore cover the
+rounding error of the computation on any machine, and be derived from it:
+
+* float32 unit roundoff ``U = 2**-24`` (about 6e-8): one rounding of ``x`` is off by <= U |x|;
+* a sum or dot product of ``n`` terms whose partial sums are of magnitude <= S is off by
+  <= n U S in the worst case (Higham, *Accuracy and Stability of Numerical Algorithms*, §3.1);
+  the roundings are in practice independent and zero-mean, so the error has a standard deviation
+  of about sqrt(n) U S (Higham §2.8), whatever the order. S is the result's magnitude when the
+  terms do not cancel, the sum of the terms' magnitudes in general;
+* chained reductions (layers): an error made in one layer is carried, and may be amplified, by
+  every later one, so the errors of ``depth`` chained reductions add linearly (worst case). This
+  matters for gradients through BatchNorm, whose backward subtracts two batch means from the
+  incoming gradient and cancels.
+
+:func:`sum_tol` is ``SIGMAS * U * depth * sqrt(terms) * scale``: the statistical error of a
+reduction of ``terms`` terms with partial sums of magnitude ``scale``, times ``depth`` (1 when the
+chained reductions' errors add in quadrature: pass their total count as ``terms``), times
+``SIGMAS = 8``:
+the largest of up to ~1e6 compared elements lies within ~5.3 standard deviations of zero
+(Gaussian tail, sqrt(2 ln 1e6)), and the difference of two independently rounded computations has
+sqrt(2) times the standard deviation of one (5.3 * 1.41 = 7.5 -> 8).
+
+A tolerance derived this way still catches real bugs: a wrong scale, a missing term or a wrong
+sign changes a result by a fraction of its magnitude (a factor 2, the size of the term), many
+orders above ``U * depth * sqrt(terms)``; each use states the bug it still catches.
+"""
+
+import math
+
+import numpy as np
+
+U = 2.0 ** -24
+SIGMAS = 8
+
+
+def sum_tol(terms: float, scale: float, *, depth: int = 1) -> float:
+  """``SIGMAS * U * depth * sqrt(terms) * scale``: the absolute rounding error, on any summation
+  order, of ``depth`` chained reductions (whose errors add linearly) of at most ``terms`` terms
+  each, with partial sums of magnitude <= ``scale``."""
+  return SIGMAS * U * depth * math.sqrt(terms) * float(scale)
+
+
+def assert_close_scaled(got, want, *, terms: float, depth: int = 1, scale=None, rtol: float = 0.0,
+                        err_msg: str = '') -> None:
+  """``|got - want| <= sum_tol(terms, scale, depth=depth) + rtol * |want|`` elementwise.
+
+  ``scale`` defaults to ``max |want|``: the magnitude of the compared quantity bounds its partial
+  sums unless the sum cancels (then pass the terms' magnitude). ``rtol`` is
+  for the rounding of the stored results themselves (``2 * U``: two results rounded from nearly
+  equal values may land one float apart).
+  """
+  want = np.asarray(want)
+  if scale is None:
+    scale = np.max(np.abs(want)) if want.size else 0.0
+  np.testing.assert_allclose(got, want, rtol=rtol, atol=sum_tol(terms, scale, depth=depth),
+                             err_msg=err_msg)
