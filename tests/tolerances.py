@@ -35,18 +35,19 @@ import math
 import numpy as np
 
 U = 2.0 ** -24
+U_BF16 = 2.0 ** -8  # bfloat16: 8 significant bits
 SIGMAS = 8
 
 
-def sum_tol(terms: float, scale: float, *, depth: int = 1) -> float:
+def sum_tol(terms: float, scale: float, *, depth: int = 1, unit: float = U) -> float:
   """``SIGMAS * U * depth * sqrt(terms) * scale``: the absolute rounding error, on any summation
   order, of ``depth`` chained reductions (whose errors add linearly) of at most ``terms`` terms
-  each, with partial sums of magnitude <= ``scale``."""
-  return SIGMAS * U * depth * math.sqrt(terms) * float(scale)
+  each, with partial sums of magnitude <= ``scale``, in a format of unit roundoff ``unit``."""
+  return SIGMAS * unit * depth * math.sqrt(terms) * float(scale)
 
 
 def assert_close_scaled(got, want, *, terms: float, depth: int = 1, scale=None, rtol: float = 0.0,
-                        err_msg: str = '') -> None:
+                        unit: float = U, err_msg: str = '') -> None:
   """``|got - want| <= sum_tol(terms, scale, depth=depth) + rtol * |want|`` elementwise.
 
   ``scale`` defaults to ``max |want|``: the magnitude of the compared quantity bounds its partial
@@ -57,5 +58,13 @@ def assert_close_scaled(got, want, *, terms: float, depth: int = 1, scale=None, 
   want = np.asarray(want)
   if scale is None:
     scale = np.max(np.abs(want)) if want.size else 0.0
-  np.testing.assert_allclose(got, want, rtol=rtol, atol=sum_tol(terms, scale, depth=depth),
-                             err_msg=err_msg)
+  np.testing.assert_allclose(got, want, rtol=rtol,
+                             atol=sum_tol(terms, scale, depth=depth, unit=unit), err_msg=err_msg)
+
+
+def resnet_forward_terms(depth: int, width: int = 64) -> int:
+  """Roundings behind an eval-mode ResNet feature, for :func:`sum_tol` with depth 1: ``depth``
+  layers, each a dot of at most 3 * 3 * 8 * width terms (the last stage's 3x3 convolution on
+  8 * width channels), whose independent errors add in quadrature because BatchNorm rescales each
+  layer's error with its signal."""
+  return depth * 72 * width
