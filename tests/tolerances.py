@@ -12,18 +12,16 @@ rounding error of the computation on any machine, and be derived from it:
   the roundings are in practice independent and zero-mean, so the error has a standard deviation
   of about sqrt(n) U S (Higham §2.8), whatever the order. S is the result's magnitude when the
   terms do not cancel, the sum of the terms' magnitudes in general;
-* chained reductions (layers): an error made in one layer is carried, and may be amplified, by
-  every later one, so the errors of ``depth`` chained reductions add linearly (worst case). This
-  matters for gradients through BatchNorm, whose backward subtracts two batch means from the
-  incoming gradient and cancels.
+* chained reductions (layers): in a forward pass BatchNorm rescales each layer's error with its
+  signal, so the layers' independent errors add in quadrature (``terms`` = the count over all
+  layers, ``depth`` 1); in a backward pass through BatchNorm, which subtracts two batch means
+  from the incoming gradient and cancels, an error is carried and amplified by every earlier
+  layer, so the layers' errors add linearly (``depth`` = the number of layers).
 
-:func:`sum_tol` is ``SIGMAS * U * depth * sqrt(terms) * scale``: the statistical error of a
-reduction of ``terms`` terms with partial sums of magnitude ``scale``, times ``depth`` (1 when the
-chained reductions' errors add in quadrature: pass their total count as ``terms``), times
-``SIGMAS = 8``:
-the largest of up to ~1e6 compared elements lies within ~5.3 standard deviations of zero
-(Gaussian tail, sqrt(2 ln 1e6)), and the difference of two independently rounded computations has
-sqrt(2) times the standard deviation of one (5.3 * 1.41 = 7.5 -> 8).
+:func:`sum_tol` is ``SIGMAS * U * depth * sqrt(terms) * scale``, with ``SIGMAS = 8``: the largest
+of up to ~1e6 compared elements lies within ~5.3 standard deviations of zero (Gaussian tail,
+sqrt(2 ln 1e6)), and the difference of two independently rounded computations has sqrt(2) times
+the standard deviation of one (5.3 * 1.41 = 7.5 -> 8).
 
 A tolerance derived this way still catches real bugs: a wrong scale, a missing term or a wrong
 sign changes a result by a fraction of its magnitude (a factor 2, the size of the term), many
@@ -40,7 +38,7 @@ SIGMAS = 8
 
 
 def sum_tol(terms: float, scale: float, *, depth: int = 1, unit: float = U) -> float:
-  """``SIGMAS * U * depth * sqrt(terms) * scale``: the absolute rounding error, on any summation
+  """``SIGMAS * unit * depth * sqrt(terms) * scale``: the absolute rounding error, on any summation
   order, of ``depth`` chained reductions (whose errors add linearly) of at most ``terms`` terms
   each, with partial sums of magnitude <= ``scale``, in a format of unit roundoff ``unit``."""
   return SIGMAS * unit * depth * math.sqrt(terms) * float(scale)
@@ -51,9 +49,9 @@ def assert_close_scaled(got, want, *, terms: float, depth: int = 1, scale=None, 
   """``|got - want| <= sum_tol(terms, scale, depth=depth) + rtol * |want|`` elementwise.
 
   ``scale`` defaults to ``max |want|``: the magnitude of the compared quantity bounds its partial
-  sums unless the sum cancels (then pass the terms' magnitude). ``rtol`` is
-  for the rounding of the stored results themselves (``2 * U``: two results rounded from nearly
-  equal values may land one float apart).
+  sums unless the sum cancels (then pass the terms' magnitude). ``rtol`` is for the rounding of
+  the stored results themselves (``2 * U``: two results rounded from nearly equal values may land
+  one float apart).
   """
   want = np.asarray(want)
   if scale is None:
