@@ -169,9 +169,10 @@ networks against PyTorch (another summation order on every CPU). Error model (te
 BatchNorm rescales each layer's error with its signal, so the L layers' independent errors add in
 quadrature, a standard deviation of about U sqrt(L n) of max |feature| for dots of n terms:
 3e-5 for ResNet-50 (50 layers, n <= 3*3*512), 6e-6 for the narrow (width 8) ResNet-18 nets.
-Measured with XLA's AVX-512, AVX2 and SSE4.2 code: <= 4.5e-6 for the ResNet-50 features and
-<= 3.4e-5 for the narrow APNet's train-mode logits, where SAMS's BatchNorm normalises over only
-the 8 images of the batch (the same on every ISA: PyTorch's order, not XLA's, dominates). A
+Measured with XLA's AVX-512, AVX2 and SSE4.2 code: <= 5.9e-6 for the ResNet-50 features; the
+narrow APNet's train-mode logits are the suite's narrowest margin, 3.4e-5 (AVX-512, AVX2) and
+4.9e-5 (SSE4.2), because SAMS's BatchNorm normalises the pooled features over only the 8 images
+of the batch, which differ little, so x - mean cancels and amplifies every rounding. A
 wrong layer (stride, padding, missing ReLU, BN eps, key map) moves features by >= 1e-2 of
 max |feature|, 100x the bound."""
 
