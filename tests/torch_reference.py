@@ -171,8 +171,8 @@ quadrature, a standard deviation of about U sqrt(L n) of max |feature| for dots 
 3e-5 for ResNet-50 (50 layers, n <= 3*3*512), 6e-6 for the narrow (width 8) ResNet-18 nets.
 Measured with XLA's AVX-512, AVX2 and SSE4.2 code: <= 5.9e-6 for the ResNet-50 features; the
 narrow APNet's train-mode logits are the suite's narrowest margin, 3.4e-5 (AVX-512, AVX2) and
-4.9e-5 (SSE4.2), because SAMS's BatchNorm normalises the pooled features over only the 8 images
-of the batch, which differ little, so x - mean cancels and amplifies every rounding. A
+4.9e-5 (SSE4.2), where SAMS's train-mode BatchNorm normalises pooled features over only the 8
+images of the batch (statistics of 8 values; not analysed further). A
 wrong layer (stride, padding, missing ReLU, BN eps, key map) moves features by >= 1e-2 of
 max |feature|, 100x the bound."""
 
