@@ -13,7 +13,8 @@ import torch
 
 from reid_jax import checkpoint, models
 from reid_jax.convert import UnsafeCheckpointError, load_torch_checkpoint, load_torch_weights
-from tests.torch_reference import TorchBoT, TorchResNet, nchw, numpy_state_dict, randomize_
+from tests.torch_reference import (TorchBoT, TorchResNet, assert_close_rel, nchw, numpy_state_dict,
+                                   randomize_)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(depth=18, width=8)
@@ -151,4 +152,4 @@ def test_convert_cli_writes_checkpoint_that_embeds_like_torch(tmp_path, tiny_bot
   with torch.no_grad():
     ref = tiny_bot(nchw(x)).numpy()
   got = np.asarray(models.embed(model, x))
-  assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+  assert_close_rel(got, ref)

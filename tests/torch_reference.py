@@ -164,14 +164,26 @@ def nchw(x_nhwc):
 
 
 REL_BOUND = 1e-4
+"""The issues' parity requirement, max |diff| <= 1e-4 max |reference|, for converted float32
+networks against PyTorch (another summation order on every CPU). Error model (tests/tolerances.py):
+BatchNorm rescales each layer's error with its signal, so the L layers' independent errors add in
+quadrature, a standard deviation of about U sqrt(L n) of max |feature| for dots of n terms:
+3e-5 for ResNet-50 (50 layers, n <= 3*3*512), 6e-6 for the narrow (width 8) ResNet-18 nets.
+Measured with XLA's AVX-512, AVX2 and SSE4.2 code: <= 5.9e-6 for the ResNet-50 features; the
+narrow APNet's train-mode logits are the suite's narrowest margin, 3.4e-5 (AVX-512, AVX2) and
+4.9e-5 (SSE4.2), where SAMS's train-mode BatchNorm normalises pooled features over only the 8
+images of the batch (statistics of 8 values; not analysed further). A
+wrong layer (stride, padding, missing ReLU, BN eps, key map) moves features by >= 1e-2 of
+max |feature|, 100x the bound."""
 
 
-def assert_close_rel(got, ref, bound=REL_BOUND):
-  """max |got - ref| <= bound * max |ref| (the parity bound of the issues)."""
+def assert_close_rel(got, ref, bound=REL_BOUND, err_msg=''):
+  """max |got - ref| <= bound * max |ref| (the parity bound of the issues, :data:`REL_BOUND`)."""
   got, ref = np.asarray(got), np.asarray(ref)
   assert got.shape == ref.shape, (got.shape, ref.shape)
   err = np.abs(got - ref).max()
-  assert err <= bound * np.abs(ref).max(), f'max |diff| {err} vs max |ref| {np.abs(ref).max()}'
+  assert err <= bound * np.abs(ref).max(), (
+      f'{err_msg} max |diff| {err} vs max |ref| {np.abs(ref).max()}')
 
 
 def images(b=2, h=256, w=128, seed=0):
@@ -210,6 +222,7 @@ def assert_running_stats_match(torch_model, model) -> list[str]:
   targets = keymap_for(model)
   keys = [k for k in targets if k.endswith(('running_mean', 'running_var'))]
   for key in keys:
-    np.testing.assert_allclose(np.asarray(targets[key].variable[...]), after[key], rtol=1e-4,
-                               atol=1e-5, err_msg=key)
+    # A running statistic blends a batch mean (variance) of an activation that matches within
+    # the parity bound, so it is held to the same bound, on its own scale.
+    assert_close_rel(np.asarray(targets[key].variable[...]), after[key], err_msg=key)
   return keys
