@@ -51,6 +51,23 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int =
       bias_init=torch_default_uniform(fan_in), dtype=dtype, rngs=rngs)
 
 
+def _normalize(xf: Array, mean: Array, var: Array, scale: Array, bias: Array | None,
+               epsilon: float) -> Array:
+  """``(xf - mean) / sqrt(var + eps) * scale + bias`` as one scale and shift per channel:
+  ``a = scale * rsqrt(var + eps)``, ``b = bias - mean * a``, ``y = xf * a + b``.
+
+  Same function as the textbook form (the statistics are computed as before, by the caller); the
+  folded form reads ``xf`` once and creates no full-size ``xf - mean`` for the output (nor for
+  its gradient), which halves the step's temporaries on XLA:CPU. Rounding: ``xf * a - mean * a``
+  loses about ``eps32 * |mean * a|`` against ``(xf - mean) * a`` (a few float32 ulps of the
+  output for the activations a network feeds a BatchNorm). ``mean``, ``var``, ``scale``, ``bias``
+  broadcast against ``xf`` (per channel, or ``[B, 1, 1, C]`` for InstanceNorm).
+  """
+  a = scale * jax.lax.rsqrt(var + epsilon)
+  b = -mean * a if bias is None else bias - mean * a
+  return xf * a + b
+
+
 class BatchNorm(nnx.Module):
   """BatchNorm over every axis but the last, with PyTorch semantics.
 
@@ -108,10 +125,8 @@ class BatchNorm(nnx.Module):
       m = self.momentum
       self.mean[...] = (1 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
       self.var[...] = (1 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...]
-    if self.bias is not None:
-      y = y + self.bias[...]
-    return y.astype(dtype)
+    bias = None if self.bias is None else self.bias[...]
+    return _normalize(xf, mean, var, self.scale[...], bias, self.epsilon).astype(dtype)
 
 
 class InstanceNorm(nnx.Module):
@@ -126,8 +141,7 @@ class InstanceNorm(nnx.Module):
     xf = x.astype(jnp.float32)
     mean = jnp.mean(xf, axis=(1, 2), keepdims=True)
     var = jnp.mean(jnp.square(xf - mean), axis=(1, 2), keepdims=True)
-    y = (xf - mean) * jax.lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-    return y.astype(x.dtype)
+    return _normalize(xf, mean, var, self.scale[...], self.bias[...], self.epsilon).astype(x.dtype)
 
 
 class IBN(nnx.Module):
