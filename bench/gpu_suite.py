@@ -132,9 +132,15 @@ def _torch_device(jax_platform: str) -> str:
 
 
 def train_worker(spec: dict) -> dict:
+  """``spec['runs']``: (model, dtype, batch) train-step comparisons, one after the other."""
+  return {'runs': [train_one(dict(spec, model=m, dtype=d, batch=b)) for m, d, b in spec['runs']]}
+
+
+def train_one(spec: dict) -> dict:
   """One (model, dtype, batch) train-step comparison, torch side first then jax."""
   os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
   import jax
+  import numpy as np
   import torch
 
   from bench import train as bt
@@ -159,7 +165,8 @@ def train_worker(spec: dict) -> dict:
   amp, channels_last = bt.torch_settings(device, spec['dtype'])
   torch.manual_seed(0)
   model = bt.MODELS[spec['model']].torch_builder(config, num_classes)
-  state_dict = numpy_state_dict(model)
+  # A copy: on CPU ``.numpy()`` shares the tensors that the torch steps below update in place.
+  state_dict = {k: np.array(v) for k, v in numpy_state_dict(model).items()}
   try:
     t = time.perf_counter()
     side = bt.TorchSide(config, model, batches, device, amp, channels_last)
@@ -243,6 +250,9 @@ def eval_worker(spec: dict) -> dict:
       r['max_abs_diff'] = float(np.abs(got - want).max())
     r['speedup_warm_jax_over_torch'] = r['torch_warm_s'] / r['jax_warm_s']
     out[part] = r
+  out['device'] = {'jax': jax.devices()[0].device_kind, 'jax_version': jax.__version__,
+                   'torch': torch.cuda.get_device_name() if device == 'cuda' else 'cpu',
+                   'torch_version': torch.__version__}
   stats = jax.devices()[0].memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     out['jax_device_peak_gib'] = stats['peak_bytes_in_use'] / GIB
@@ -252,6 +262,13 @@ def eval_worker(spec: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- driver
+def _run_item(item: dict, label: str, remaining: float, t0: float) -> dict:
+  if remaining < 5:
+    return {'skipped': 'time budget spent'}
+  print(f'[gpu_suite {time.perf_counter() - t0:6.1f} s] {label} ...', file=sys.stderr, flush=True)
+  return run_worker(item, remaining)
+
+
 def run_worker(spec: dict, timeout: float) -> dict:
   cmd = [sys.executable, os.path.abspath(__file__), '--worker', json.dumps(spec)]
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -285,18 +302,21 @@ def plan(args) -> list[dict]:
     combos = [(m, d) for m in models for d in dtypes]
     if smoke:  # each code path once: both models, both dtypes, the max-batch path
       combos = [(models[0], dtypes[-1]), (models[-1], dtypes[0])]
-    items += [dict(base, kind='train', model=m, dtype=d, batch='small') for m, d in combos]
-    max_combos = combos[:1] if smoke else combos
-    items += [dict(base, kind='train', model=m, dtype=d, batch='max') for m, d in max_combos]
+    if smoke:  # one process (start-up and compiles dominate at tiny sizes), max path included
+      runs = [(m, d, SMOKE['batch']) for m, d in combos] + [(*combos[0], SMOKE['max_batch'])]
+      items.append(dict(base, kind='train', runs=runs))
+    else:
+      items += [dict(base, kind='train', runs=[(m, d, 'small')]) for m, d in combos]
+      items += [dict(base, kind='train', runs=[(m, d, 'max')]) for m, d in combos]
   return items
 
 
-def _resolve_max(item: dict, done: list[dict], smoke: bool) -> int | None:
-  if smoke:
-    return SMOKE['max_batch']
+def _resolve_batch(model: str, dtype: str, batch, done: list[dict]) -> int | None:
+  """'small' -> 64; 'max' -> the estimate from the batch-64 part of the same model and dtype."""
+  if batch != 'max':
+    return FULL['batch'] if batch == 'small' else batch
   for r in done:
-    if (r.get('model'), r.get('dtype'), r.get('batch')) == (item['model'], item['dtype'],
-                                                            FULL['batch']):
+    if (r.get('model'), r.get('dtype'), r.get('batch')) == (model, dtype, FULL['batch']):
       j = r.get('jax', {})
       limit = (j.get('device_memory') or {}).get('bytes_limit_gib', 0) * GIB
       return max_batch_estimate(j.get('memory_analysis'), limit, FULL['batch'], 4,
@@ -386,38 +406,33 @@ def main(argv=None) -> dict:
       'eval': {}, 'train': []}
   for item in plan(args):
     remaining = args.budget_s - (time.perf_counter() - t0)
-    label = (f'eval {item["parts"]}' if item['kind'] == 'eval'
-             else f'train {item["model"]} {item["dtype"]} {item["batch"]}')
-    if remaining < 5:
-      res = {'skipped': f'time budget ({args.budget_s:.0f} s) spent'}
-    else:
-      if item['kind'] == 'train':
-        sizes = SMOKE if args.cpu_smoke else FULL
-        item['batch'] = (sizes['batch'] if item['batch'] == 'small'
-                         else _resolve_max(item, result['train'], args.cpu_smoke))
-      if item.get('batch', 0) is None:
-        res = {'skipped': 'no batch-64 memory analysis to size the largest batch from'}
-      else:
-        print(f'[gpu_suite {time.perf_counter() - t0:6.1f} s] {label} ...', file=sys.stderr,
-              flush=True)
-        res = run_worker(item, remaining)
-        oom = any((res.get(s) or {}).get('oom') for s in ('jax', 'torch'))
-        if item['kind'] == 'train' and oom and not args.cpu_smoke:
-          retry = dict(item, batch=item['batch'] * 3 // 4 // 16 * 16)
-          remaining = args.budget_s - (time.perf_counter() - t0)
-          if retry['batch'] >= 16 and remaining > 5:
-            res = dict(run_worker(retry, remaining), first_try={'batch': item['batch'], **res})
     if item['kind'] == 'eval':
+      res = _run_item(item, f'eval {item["parts"]}', remaining, t0)
+      if 'device' in res:
+        result['device'] = res['device']
       for part in item['parts']:
-        result['eval'][part] = res.get(part, res)
-      for key in ('jax_device_peak_gib', 'torch_device_peak_gib'):
-        if key in res and len(item['parts']) == 1:
-          result['eval'][item['parts'][0]][key] = res[key]
+        result['eval'][part] = dict(res.get(part, res))
+        for key in ('jax_device_peak_gib', 'torch_device_peak_gib'):
+          if key in res and len(item['parts']) == 1:
+            result['eval'][part][key] = res[key]
+      continue
+    runs = [(m, d, _resolve_batch(m, d, b, result['train'])) for m, d, b in item['runs']]
+    label = f'train {runs}'
+    if any(b is None for _, _, b in runs):
+      out = [{'skipped': 'no batch-64 memory analysis to size the largest batch from'}]
     else:
-      res.setdefault('model', item['model'])
-      res.setdefault('dtype', item['dtype'])
-      res.setdefault('batch', item['batch'])
-      result['train'].append(res)
+      res = _run_item(dict(item, runs=runs), label, remaining, t0)
+      out = res.get('runs') or [res]
+      oom = len(runs) == 1 and any((out[0].get(s) or {}).get('oom') for s in ('jax', 'torch'))
+      if oom and not args.cpu_smoke:
+        m, d, b = runs[0]
+        remaining = args.budget_s - (time.perf_counter() - t0)
+        if b * 3 // 4 // 16 * 16 >= 16:
+          retry = _run_item(dict(item, runs=[(m, d, b * 3 // 4 // 16 * 16)]), label + ' (3/4)',
+                            remaining, t0)
+          out = [dict((retry.get('runs') or [retry])[0], first_try=out[0])]
+    for (m, d, b), r in zip(runs, out * len(runs) if len(out) == 1 else out):
+      result['train'].append(dict({'model': m, 'dtype': d, 'batch': b}, **r))
   result['wall_s'] = time.perf_counter() - t0
   table = summary_table(result)
   result['summary_table'] = table
