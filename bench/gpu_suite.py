@@ -1,7 +1,7 @@
 """GPU benchmark suite: one command, one JSON, a summary table (docs/benchmarks.md, "GPU suite").
 
   python bench/gpu_suite.py --out=gpu_suite.json          # on the GPU machine (~8 min, H200)
-  python bench/gpu_suite.py --cpu_smoke --out=/tmp/s.json  # tiny sizes on CPU (tests/test_gpu_suite.py)
+  python bench/gpu_suite.py --cpu_smoke --out=/tmp/s.json  # tiny, on CPU (tests/test_gpu_suite.py)
 
 What runs, each part in its own fresh process (so its first call, compile included, and its peak
 device memory are its own), most important first, within ``--budget_s`` (a part that would start

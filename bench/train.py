@@ -25,7 +25,10 @@ labels):
 Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
 alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
 of ``--steps`` steps, each synchronised (``block_until_ready`` / ``cuda.synchronize``);
-images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s.
+images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s. Each step's CPU
+time (user + system, all threads) is recorded too: ``ratio_cpu_time_torch_over_jax`` (torch CPU
+seconds per step / jax's) is the figure to read on a shared CPU, where wall times include other
+jobs' time slices.
 
 Memory: host RSS sampled every 5 ms (psutil): per side, the peak over its build + compile +
 warm-up minus the RSS before it was built (jax is built and warmed up first, torch second, so the
@@ -431,11 +434,31 @@ def torch_settings(torch_device: str, dtype: str, torch_amp: str = 'auto',
   return amp, channels_last == 'yes' or (channels_last == 'auto' and torch_device == 'cuda')
 
 
+def cpu_seconds() -> float:
+  """User + system CPU time of this process, all threads (both sides run in it, one at a time)."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def timed_step(side) -> float:
+  """``side.step()``'s wall time; its CPU time is appended to ``side.cpu_times``."""
+  c = cpu_seconds()
+  dt = side.step()
+  side.__dict__.setdefault('cpu_times', []).append(cpu_seconds() - c)
+  return dt
+
+
 def side_result(side, times: list[float], batch: int) -> dict:
-  """One side's JSON: images/s from the median step, its info, description and device memory."""
+  """One side's JSON: images/s from the median step, its info, description and device memory.
+  ``cpu_s_median``: CPU seconds (all threads) of the timed steps, a load-robust figure of the
+  work a step does (on a shared CPU the wall time also holds other jobs' time slices)."""
   med = statistics.median(times)
   out = {'images_per_s': batch / med, 'step_s_median': med, 'step_s_min': min(times),
          'step_s': times, 'last_loss': side.last_loss}
+  cpu = getattr(side, 'cpu_times', [])[-len(times):]
+  if cpu:
+    out['cpu_s_median'] = statistics.median(cpu)
+    out['cpu_s'] = cpu
   out.update(side.info)
   out.update(side.describe())
   out['device_memory'] = side.device_memory()
@@ -464,7 +487,7 @@ def timed_steps(side, steps: int, time_cap_s: float | None = None, min_steps: in
   (after at least ``min_steps``)."""
   times = []
   for _ in range(steps):
-    times.append(side.step())
+    times.append(timed_step(side))
     if time_cap_s is not None and len(times) >= min_steps and sum(times) >= time_cap_s:
       break
   return times
@@ -618,7 +641,7 @@ def main(argv=None):
     for i in range(args.steps):
       order = sides if i % 2 == 0 else sides[::-1]
       for s in order:
-        times[s.name].append(s.step())
+        times[s.name].append(timed_step(s))
         log(f'{s.name}: timed step {i + 1}/{args.steps}: {times[s.name][-1]:.3f} s')
     peak_all = sampler.peak()
   finally:
@@ -630,6 +653,8 @@ def main(argv=None):
                         'ru_maxrss_gib': ru_maxrss_gib()}
   if 'jax' in result and 'torch' in result:
     result['ratio_jax_over_torch'] = result['jax']['images_per_s'] / result['torch']['images_per_s']
+    result['ratio_cpu_time_torch_over_jax'] = (result['torch']['cpu_s_median']
+                                               / result['jax']['cpu_s_median'])
     if args.same_init:
       # Same weights, batches and number of steps: the losses agree (fp32: closely at the first
       # step; later steps drift by float rounding through Adam; bf16/fp16 looser).

@@ -25,7 +25,8 @@ import jax
 import numpy as np
 
 YNN_FUSION_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
-# XLA's default list (xla/debug_options_flags.cc, jaxlib 0.10) minus LIBRARY_FUSION_TYPE_CONVOLUTION.
+# XLA's default list (xla/debug_options_flags.cc, jaxlib 0.10) without
+# LIBRARY_FUSION_TYPE_CONVOLUTION.
 YNN_FUSION_WITHOUT_CONV = 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'
 # jaxlib (major, minor) versions whose default list this module knows: [first, last].
 KNOWN_JAXLIB = ((0, 10), (0, 12))

@@ -20,7 +20,7 @@ def _conv_grad(x, w):
 
 
 def ynn_convolutions(hlo_text: str) -> int:
-  """Number of ``__ynn_fusion`` fusions in compiled HLO whose fused computation has a convolution."""
+  """How many ``__ynn_fusion`` fusions of compiled HLO text fuse a convolution."""
   bodies, name, lines = {}, None, []
   for line in hlo_text.splitlines():
     m = re.match(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$', line)
