@@ -25,7 +25,10 @@ labels):
 Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
 alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
 of ``--steps`` steps, each synchronised (``block_until_ready`` / ``cuda.synchronize``);
-images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s.
+images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s. Each step's CPU
+time (user + system, all threads) is recorded too: ``ratio_cpu_time_torch_over_jax`` (torch CPU
+seconds per step / jax's) is the figure to read on a shared CPU, where wall times include other
+jobs' time slices.
 
 Memory: host RSS sampled every 5 ms (psutil): per side, the peak over its build + compile +
 warm-up minus the RSS before it was built (jax is built and warmed up first, torch second, so the
@@ -421,6 +424,75 @@ class TorchSide:
     return d
 
 
+def torch_settings(torch_device: str, dtype: str, torch_amp: str = 'auto',
+                   channels_last: str = 'auto') -> tuple[str, bool]:
+  """The torch side's AMP mode and memory format for a reid_jax ``dtype``: on CUDA fp16 AMP
+  (GradScaler) and channels_last, the issue's baseline; on CPU bf16 autocast iff bfloat16."""
+  amp = torch_amp
+  if amp == 'auto':
+    amp = 'fp16' if torch_device == 'cuda' else ('bf16' if dtype == 'bfloat16' else 'none')
+  return amp, channels_last == 'yes' or (channels_last == 'auto' and torch_device == 'cuda')
+
+
+def cpu_seconds() -> float:
+  """User + system CPU time of this process, all threads (both sides run in it, one at a time)."""
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
+
+
+def timed_step(side) -> float:
+  """``side.step()``'s wall time; its CPU time is appended to ``side.cpu_times``."""
+  c = cpu_seconds()
+  dt = side.step()
+  side.__dict__.setdefault('cpu_times', []).append(cpu_seconds() - c)
+  return dt
+
+
+def side_result(side, times: list[float], batch: int) -> dict:
+  """One side's JSON: images/s from the median step, its info, description and device memory.
+  ``cpu_s_median``: CPU seconds (all threads) of the timed steps, a load-robust figure of the
+  work a step does (on a shared CPU the wall time also holds other jobs' time slices)."""
+  med = statistics.median(times)
+  out = {'images_per_s': batch / med, 'step_s_median': med, 'step_s_min': min(times),
+         'step_s': times, 'last_loss': side.last_loss}
+  cpu = getattr(side, 'cpu_times', [])[-len(times):]
+  if cpu:
+    out['cpu_s_median'] = statistics.median(cpu)
+    out['cpu_s'] = cpu
+  out.update(side.info)
+  out.update(side.describe())
+  out['device_memory'] = side.device_memory()
+  return out
+
+
+def jax_warm_up(side, warmup: int):
+  """The jax side's first call (after its AOT compile) and the other warm-up steps, into info."""
+  side.info['first_call_s'] = side.step()  # the jitted call after AOT (cache hit: ~a step)
+  side.info['first_loss'] = side.last_loss
+  warm = [side.step() for _ in range(max(warmup - 1, 0))]
+  side.info['warmup_s'] = [side.info['first_call_s']] + warm
+
+
+def torch_warm_up(side, warmup: int, init_s: float):
+  warm = [side.step() for _ in range(max(warmup, 1))]
+  side.info['init_s'] = init_s
+  side.info['first_loss'] = side.first_loss
+  side.info['first_step_s'] = warm[0]
+  side.info['warmup_s'] = warm
+  return warm
+
+
+def timed_steps(side, steps: int, time_cap_s: float | None = None, min_steps: int = 3) -> list:
+  """Up to ``steps`` timed steps of one side; stops early once they add up to ``time_cap_s``
+  (after at least ``min_steps``)."""
+  times = []
+  for _ in range(steps):
+    times.append(timed_step(side))
+    if time_cap_s is not None and len(times) >= min_steps and sum(times) >= time_cap_s:
+      break
+  return times
+
+
 # ------------------------------------------------------------------------------- main
 def parse_args(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
@@ -522,11 +594,7 @@ def main(argv=None):
         '--torch_device=cuda) but this torch has no CUDA '
         f'(torch {torch.__version__}, torch.cuda.is_available() = False). Install a CUDA build '
         'of torch, or pass --torch_device=cpu (not the issue\'s baseline) or --side=jax.')
-  amp = args.torch_amp
-  if amp == 'auto':
-    amp = 'fp16' if torch_device == 'cuda' else ('bf16' if args.dtype == 'bfloat16' else 'none')
-  channels_last = (args.channels_last == 'yes'
-                   or (args.channels_last == 'auto' and torch_device == 'cuda'))
+  amp, channels_last = torch_settings(torch_device, args.dtype, args.torch_amp, args.channels_last)
 
   batches = synthetic_batches(args.num_batches, p, args.k, h, w, args.num_classes, args.seed)
   sampler = RssSampler()
@@ -552,10 +620,7 @@ def main(argv=None):
       side = JaxSide(config, args.num_classes, batches, torch_state_dict=sd)
       log(f"jax: init {side.info['init_s']:.1f} s, lower {side.info['lower_s']:.1f} s, "
           f"compile {side.info['compile_s']:.1f} s")
-      side.info['first_call_s'] = side.step()  # the jitted call after AOT (cache hit: ~a step)
-      side.info['first_loss'] = side.last_loss
-      warm = [side.step() for _ in range(max(args.warmup - 1, 0))]
-      side.info['warmup_s'] = [side.info['first_call_s']] + warm
+      jax_warm_up(side, args.warmup)
       side.info['setup_total_s'] = time.perf_counter() - t
       side.info['host_rss_added_gib'] = (sampler.peak() - rss0) / GIB
       sides.append(side)
@@ -565,12 +630,8 @@ def main(argv=None):
       side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last,
                        spec.torch_loss(config, p, args.k))
       del torch_model
-      warm = [side.step() for _ in range(max(args.warmup, 1))]
+      warm = torch_warm_up(side, args.warmup, torch_build_s)
       log(f'torch: warm-up steps {[round(x, 2) for x in warm]} s')
-      side.info['init_s'] = torch_build_s
-      side.info['first_loss'] = side.first_loss
-      side.info['first_step_s'] = warm[0]
-      side.info['warmup_s'] = warm
       side.info['setup_total_s'] = time.perf_counter() - t + torch_build_s
       side.info['host_rss_added_gib'] = (sampler.peak() - rss0 + torch_build_rss) / GIB
       sides.append(side)
@@ -580,25 +641,20 @@ def main(argv=None):
     for i in range(args.steps):
       order = sides if i % 2 == 0 else sides[::-1]
       for s in order:
-        times[s.name].append(s.step())
+        times[s.name].append(timed_step(s))
         log(f'{s.name}: timed step {i + 1}/{args.steps}: {times[s.name][-1]:.3f} s')
     peak_all = sampler.peak()
   finally:
     sampler.stop()
 
   for s in sides:
-    med = statistics.median(times[s.name])
-    out = {'images_per_s': args.batch / med, 'step_s_median': med,
-           'step_s_min': min(times[s.name]), 'step_s': times[s.name],
-           'last_loss': s.last_loss}
-    out.update(s.info)
-    out.update(s.describe())
-    out['device_memory'] = s.device_memory()
-    result[s.name] = out
+    result[s.name] = side_result(s, times[s.name], args.batch)
   result['host_rss'] = {'start_gib': rss_start / GIB, 'peak_gib': peak_all / GIB,
                         'ru_maxrss_gib': ru_maxrss_gib()}
   if 'jax' in result and 'torch' in result:
     result['ratio_jax_over_torch'] = result['jax']['images_per_s'] / result['torch']['images_per_s']
+    result['ratio_cpu_time_torch_over_jax'] = (result['torch']['cpu_s_median']
+                                               / result['jax']['cpu_s_median'])
     if args.same_init:
       # Same weights, batches and number of steps: the losses agree (fp32: closely at the first
       # step; later steps drift by float rounding through Adam; bf16/fp16 looser).

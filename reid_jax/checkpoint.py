@@ -11,15 +11,17 @@ or by training (which adds ``optimizer``, ``data`` and more items to the same st
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
 from reid_jax import fileio, models
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections (bench/gpu_suite.py)
+  import ml_collections
 
 
 def _manager(directory: str, **options) -> ocp.CheckpointManager:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -29,8 +28,11 @@ from jax.sharding import PartitionSpec as P
 
 from reid_jax import checkpoint as ckpt_lib
 from reid_jax import fileio
-from reid_jax import models, optim
+from reid_jax import models, optim, xla_options
 from reid_jax.models import registry
+
+if TYPE_CHECKING:  # annotations only: the step runs without ml_collections (bench/gpu_suite.py)
+  import ml_collections
 
 TrainState = dict[str, Any]  # params, rest, opt_state, extra, step
 
@@ -288,7 +290,7 @@ def make_train_step(graphdef, optimizers: Optimizers, config, mesh):
                  'step': state['step'] + 1}
     return new_state, metrics
 
-  return jax.jit(step, donate_argnums=0)
+  return jax.jit(step, donate_argnums=0, compiler_options=xla_options.cpu_compiler_options())
 
 
 def _add(a, b):
