@@ -21,6 +21,7 @@ from reid_jax.models.apnet import APNet
 from reid_jax.models.bot import Baseline
 from reid_jax.models.layers import IBN, BatchNorm
 from reid_jax.models.resnet import ResNet
+from reid_jax.models.san import SAN
 
 # Layout kinds: how a PyTorch tensor becomes the NNX value.
 CONV = 'conv'      # (O, I, kH, kW) -> (kH, kW, I, O)
@@ -181,3 +182,36 @@ APNET_BASE_ALIASES = {'base.conv1.': 'base_1.0.', 'base.bn1.': 'base_1.1.',
 @register_aliases(APNet)
 def apnet_aliases(model: APNet) -> Aliases:
   return prefix_aliases(resnet_keys(model.base, 'base.'), APNET_BASE_ALIASES)
+
+
+def conv_bn_keys(prefix: str, block) -> KeyMap:
+  """``nn.Sequential(Conv2d, BatchNorm2d, ReLU)`` blocks (``mpn.ConvBNReLU``): ``.0.*``, ``.1.*``."""
+  return {**conv_keys(prefix + '0.', block.conv), **bn_keys(prefix + '1.', block.bn)}
+
+
+SAN_DECODER_PREFIX = 'decoder.'  # where load_torch_checkpoint puts a SAN checkpoint's decoder
+
+
+@register(SAN)
+def san_keys(model: SAN) -> KeyMap:
+  """SAN's ``checkpoint_ep{N}.pth.tar`` (microsoft/Semantics-Aligned-Representation-Learning-for-
+  Person-Re-identification ``main.py``): the encoder ``resnet50_fc512`` at the top level
+  (``conv1``, ``bn1``, ``layer1..4`` as torchvision, ``fc.0`` Linear, ``fc.1`` BN1d,
+  ``classifier``) and the decoder's ``decoder_state_dict`` under ``decoder.``
+  (``reduce_dim.{0,1}``, ``embed_layer{3,2,1}.{0,1}``, ``up{j}.res.res.{0,1,3,4}``,
+  ``up{j}.conv.2``, ``final_layer.1``)."""
+  out = {**resnet_keys(model.base), **linear_keys('fc.0.', model.fc.linear),
+         **bn_keys('fc.1.', model.fc.bn), **linear_keys('classifier.', model.classifier)}
+  d, p = model.decoder, SAN_DECODER_PREFIX
+  for name in ('reduce_dim', 'embed_layer3', 'embed_layer2', 'embed_layer1'):
+    out.update(conv_bn_keys(f'{p}{name}.', getattr(d, name)))
+  for j in range(1, 5):
+    up = getattr(d, f'up{j}')
+    q = f'{p}up{j}.'
+    out.update(conv_keys(q + 'res.res.0.', up.res.conv1))
+    out.update(bn_keys(q + 'res.res.1.', up.res.bn1))
+    out.update(conv_keys(q + 'res.res.3.', up.res.conv2))
+    out.update(bn_keys(q + 'res.res.4.', up.res.bn2))
+    out.update(conv_keys(q + 'conv.2.', up.conv))
+  out.update(conv_keys(p + 'final_layer.1.', d.final_layer))
+  return out
