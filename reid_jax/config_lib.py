@@ -64,6 +64,7 @@ def input_config() -> ml_collections.ConfigDict:
       parsing=False,         # also yield the human-parsing mask (synthetic_reid)
       texture=False,         # also yield the identity texture in [-1, 1] (synthetic_reid, SAN)
       texture_size=ml_collections.config_dict.placeholder(int),  # resize textures; None = stored
+      flip_texture=False,    # mirror the texture with the image (SAN's official loader does not)
       threads=8,             # grain read threads (per process)
       workers=0,             # grain worker processes (mp_prefetch); 0 = threads only
       eval_batch_size=128,

@@ -6,6 +6,9 @@
   bias) are not ``nnx.Param`` and never reach the optimizer.
 * Schedules are per epoch, as the official code steps them: ``step_at='epoch_start'`` (BoT: the
   scheduler steps before the first iteration of every epoch) or ``'epoch_end'`` (APNet).
+* A schedule may hold only in a window of epochs ``[start_epoch, end_epoch)`` (0 outside it, the
+  scheduler counting from ``start_epoch``): a phase of training with its own optimizer, such as
+  SAN's warm-up Adam followed by AMSGrad with fresh moments (two optimizer groups).
 """
 
 from __future__ import annotations
@@ -45,15 +48,24 @@ STEP_AT = {
 def epoch_learning_rates(optim_config, num_epochs: int) -> np.ndarray:
   """The learning rate in force during each epoch, ``[num_epochs]`` (index 0 = first epoch).
 
-  ``step_at`` says when the official code steps its scheduler (``STEP_AT``).
+  ``step_at`` says when the official code steps its scheduler (``STEP_AT``). Schedules:
+  ``warmup_multistep``, ``multistep``, ``constant`` and ``exponential`` (``ExponentialLR``:
+  ``lr * gamma ** last_epoch``). Optional ``start_epoch`` / ``end_epoch``: the rate is 0 outside
+  ``[start_epoch, end_epoch)`` and the scheduler's position counts from ``start_epoch`` (a phase
+  with its own optimizer, created when the phase begins).
   """
   c = optim_config
   if c.step_at not in STEP_AT:
     raise ValueError(f'config.optim.step_at must be one of {tuple(STEP_AT)}, got {c.step_at!r}')
   offset = STEP_AT[c.step_at]
+  start = c.get('start_epoch') or 0
+  end = c.get('end_epoch')
   out = []
   for e in range(num_epochs):
-    last_epoch = e + offset
+    if e < start or (end is not None and e >= end):
+      out.append(0.0)
+      continue
+    last_epoch = e - start + offset
     if c.schedule == 'warmup_multistep':
       factor = warmup_multistep_factor(last_epoch, milestones=c.milestones, gamma=c.gamma,
                                        warmup_epochs=c.warmup_epochs,
@@ -62,9 +74,11 @@ def epoch_learning_rates(optim_config, num_epochs: int) -> np.ndarray:
       factor = c.gamma ** bisect.bisect_right(list(c.milestones), last_epoch)
     elif c.schedule == 'constant':
       factor = 1.0
+    elif c.schedule == 'exponential':
+      factor = c.gamma ** last_epoch
     else:
-      raise ValueError(f"config.optim.schedule must be 'warmup_multistep', 'multistep' or "
-                       f"'constant', got {c.schedule!r}")
+      raise ValueError(f"config.optim.schedule must be 'warmup_multistep', 'multistep', "
+                       f"'constant' or 'exponential', got {c.schedule!r}")
     out.append(c.lr * factor)
   return np.asarray(out, np.float64)
 

@@ -588,6 +588,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir,
                                pictures_dir=workdir / 'pictures')
       final.update(summary(results))
+    method = registry.get_method(config.model.name)
+    if method.pictures is not None and step > start_step and jax.process_index() == 0:
+      with fileio.LocalStaging(workdir / 'pictures') as directory:  # the last training batch
+        method.pictures(model_from_state(graphdef, state), batch, config, directory)
     writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
     writer.flush()
     if jax.process_index() == 0:

@@ -36,6 +36,9 @@ __all__ = ['load_torch_checkpoint', 'load_torch_weights', 'load_backbone', 'Load
            'UnsafeCheckpointError']
 
 _WRAPPER_KEYS = ('model', 'state_dict')
+# Further state_dicts saved next to the main one, merged under a key prefix: SAN's checkpoints
+# hold the encoder in 'state_dict' and the decoder in 'decoder_state_dict' (keys 'decoder.*').
+_EXTRA_STATE_DICTS = {'decoder_state_dict': keymaps.SAN_DECODER_PREFIX}
 
 
 def load_torch_checkpoint(path, *, use_torch: bool | None = None) -> dict[str, np.ndarray]:
@@ -44,7 +47,9 @@ def load_torch_checkpoint(path, *, use_torch: bool | None = None) -> dict[str, n
   With torch installed it uses ``torch.load(path, weights_only=True)``; otherwise (or with
   ``use_torch=False``) reid_jax's own restricted reader of the ``.pth`` formats. Accepts a bare
   state_dict or a ``{'model': ...}`` / ``{'state_dict': ...}`` wrapper, and strips the
-  ``module.`` prefix that ``nn.DataParallel`` adds. A pickled whole model is refused with a
+  ``module.`` prefix that ``nn.DataParallel`` adds. A wrapper's ``decoder_state_dict`` (SAN's
+  ``checkpoint_ep{N}.pth.tar``) comes along with its keys prefixed ``decoder.``. A pickled whole
+  model is refused with a
   message saying how to re-save it as a state_dict.
   """
   path = str(path)
@@ -100,10 +105,17 @@ def _tensors_to_numpy(obj: Any) -> Any:
   return obj
 
 
+def _strip_module(key: str) -> str:
+  return key[len('module.'):] if key.startswith('module.') else key
+
+
 def _to_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
+  extra = {}
   if isinstance(obj, Mapping):
     for key in _WRAPPER_KEYS:
       if key in obj and isinstance(obj[key], Mapping):
+        extra = {prefix + _strip_module(k): v for name, prefix in _EXTRA_STATE_DICTS.items()
+                 if isinstance(obj.get(name), Mapping) for k, v in obj[name].items()}
         obj = obj[key]
         break
   if not isinstance(obj, Mapping):
@@ -113,8 +125,8 @@ def _to_state_dict(obj: Any, path: str) -> dict[str, np.ndarray]:
   for key, value in obj.items():
     if not isinstance(value, np.ndarray):
       continue  # e.g. non-tensor bookkeeping next to the weights
-    name = key[len('module.'):] if key.startswith('module.') else key
-    out[name] = value
+    out[_strip_module(key)] = value
+  out.update({k: v for k, v in extra.items() if isinstance(v, np.ndarray)})
   if not out:
     raise ValueError(f'{path}: no tensors found; top-level keys are {sorted(obj)[:20]}')
   return out

@@ -28,6 +28,7 @@ from reid_jax.models.bot import Baseline
 from reid_jax.models.layers import IBN, BatchNorm
 from reid_jax.models.mpn import MPN
 from reid_jax.models.resnet import ResNet
+from reid_jax.models.san import SAN
 
 # Layout kinds: how a PyTorch tensor becomes the NNX value.
 CONV = 'conv'      # (O, I, kH, kW) -> (kH, kW, I, O)
@@ -248,4 +249,34 @@ def mpn_keys(model: MPN) -> KeyMap:
                             **bn_keys(p + 'conv1.bn.', ca.bn1),
                             **conv_keys(p + 'conv2.conv.', ca.conv2),
                             **bn_keys(p + 'conv2.bn.', ca.bn2)}, MPN_CA_HINT))
+  return out
+
+
+SAN_DECODER_PREFIX = 'decoder.'  # where load_torch_checkpoint puts a SAN checkpoint's decoder
+
+
+@register(SAN)
+def san_keys(model: SAN) -> KeyMap:
+  """SAN's ``checkpoint_ep{N}.pth.tar`` (microsoft/Semantics-Aligned-Representation-Learning-for-
+  Person-Re-identification ``main.py``): the encoder ``resnet50_fc512`` at the top level
+  (``conv1``, ``bn1``, ``layer1..4`` as torchvision, ``fc.0`` Linear, ``fc.1`` BN1d,
+  ``classifier``) and the decoder's ``decoder_state_dict`` under ``decoder.``
+  (``reduce_dim.{0,1}``, ``embed_layer{3,2,1}.{0,1}``, ``up{j}.res.res.{0,1,3,4}``,
+  ``up{j}.conv.2``, ``final_layer.1``)."""
+  out = {**resnet_keys(model.base), **linear_keys('fc.0.', model.fc.linear),
+         **bn_keys('fc.1.', model.fc.bn),
+         **linear_keys('classifier.', model.classifier, classifier=True)}
+  d, p = model.decoder, SAN_DECODER_PREFIX
+  for name in ('reduce_dim', 'embed_layer3', 'embed_layer2', 'embed_layer1'):
+    block = getattr(d, name)
+    out.update(conv_bn_keys(f'{p}{name}.', block.conv, block.bn))
+  for j in range(1, 5):
+    up = getattr(d, f'up{j}')
+    q = f'{p}up{j}.'
+    out.update(conv_keys(q + 'res.res.0.', up.res.conv1))
+    out.update(bn_keys(q + 'res.res.1.', up.res.bn1))
+    out.update(conv_keys(q + 'res.res.3.', up.res.conv2))
+    out.update(bn_keys(q + 'res.res.4.', up.res.bn2))
+    out.update(conv_keys(q + 'conv.2.', up.conv))
+  out.update(conv_keys(p + 'final_layer.1.', d.final_layer))
   return out

@@ -173,7 +173,8 @@ def train_iterator(config_input, *, seed: int, process_index: int = 0, process_c
     pid, camid  int32 [B]
     epoch  int32 [B]  0-based epoch of the batch (all equal); a change marks an epoch boundary
     parsing  uint8 [B, H, W]  part ids (if ``config_input.parsing``), geometry as the image
-    texture  float32 [B, T, T, 3] in [-1, 1] (if ``config_input.texture``), never flipped
+    texture  float32 [B, T, T, 3] in [-1, 1] (if ``config_input.texture``), not flipped unless
+             ``config_input.flip_texture``
   Feed ``jax.make_array_from_process_local_data(sharding, batch)``. The iterator is a grain
   ``DatasetIterator``: ``get_state()``/``set_state()`` resume exactly; close it when done.
   """

@@ -10,7 +10,7 @@ default): the erased box becomes background (0) in the mask, so a prior computed
 sees the occluder, as BPBreID's random erasing fills the masks with 0 (VlSomers/bpbreid
 torchreid/data/transforms.py ``build_transforms``: ``CoarseDropout(..., mask_fill_value=0)``;
 there the masks are per-part maps, zero in the box). The identity texture only gets the SAN
-normalisation (never flipped, as in SAN's official loader).
+normalisation (not flipped, as in SAN's official loader, unless ``flip_texture``).
 
 Recipes:
   BoT / APNet: resize -> flip 0.5 -> Pad(10) + RandomCrop -> normalise -> erasing 0.5 (``u >= p``
@@ -120,7 +120,7 @@ def normalize(image: np.ndarray, mean, std) -> np.ndarray:
 
 def normalize_texture(texture: np.ndarray, size: int | None = None) -> np.ndarray:
   """SAN's texture target: optional bilinear resize to ``size x size``, then ``x / 127.5 - 1``
-  (ToTensor + Normalize(0.5, 0.5)), float32 in [-1, 1]; never flipped."""
+  (ToTensor + Normalize(0.5, 0.5)), float32 in [-1, 1] (flipping is ``Augment``'s choice)."""
   if size:
     texture = resize(texture, (size, size), 'bilinear')
   return texture.astype(np.float32) / 127.5 - 1.0
@@ -144,6 +144,7 @@ class Augment:
   mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
   std: tuple[float, float, float] = (0.229, 0.224, 0.225)
   texture_size: int | None = None
+  flip_texture: bool = False  # mirror the texture with the image (SAN's loader does not)
 
   def __post_init__(self):
     if self.crop not in CROPS:
@@ -168,7 +169,8 @@ class Augment:
                translate_prob=c.translate_prob, erasing_prob=c.erasing_prob,
                erasing_area=tuple(c.erasing_area), erasing_aspect=c.erasing_aspect,
                erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test,
-               erase_parsing=c.get('erase_parsing', True), **common)
+               erase_parsing=c.get('erase_parsing', True),
+               flip_texture=c.get('flip_texture', False), **common)
 
   def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
     """``example['image']`` uint8 ``[h, w, 3]`` (and optional ``parsing`` ``[h, w, 1]``,
@@ -190,7 +192,8 @@ class Augment:
       if parsing is not None:
         parsing = resize(parsing, big, 'nearest')[y1:y1 + h, x1:x1 + w]
     # 2. Horizontal flip.
-    if self.flip_prob > 0 and rng.random() < self.flip_prob:
+    flipped = self.flip_prob > 0 and rng.random() < self.flip_prob
+    if flipped:
       image = image[:, ::-1]
       parsing = None if parsing is None else parsing[:, ::-1]
     # 3. Pad + RandomCrop (zero padding in pixel space, background in the mask).
@@ -213,5 +216,6 @@ class Augment:
     if parsing is not None:
       out['parsing'] = np.ascontiguousarray(parsing.reshape(h, w))
     if example.get('texture') is not None:
-      out['texture'] = normalize_texture(example['texture'], self.texture_size)
+      texture = example['texture'][:, ::-1] if flipped and self.flip_texture else example['texture']
+      out['texture'] = normalize_texture(np.ascontiguousarray(texture), self.texture_size)
     return out

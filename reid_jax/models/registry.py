@@ -25,6 +25,9 @@ method, and nothing the loop has to know by name:
   group ``main`` that minimises ``'loss'`` over every parameter with ``config.optim``. All groups
   take their gradients at the same parameters (one forward pass, one backward pass per
   objective) and their updates are added.
+* ``pictures(model, batch, config, directory) -> list[str]`` (optional): PNG pictures of what the
+  method predicts (e.g. SAN's textures) for a training batch of host arrays, written into
+  ``directory`` (an existing local folder); the loop calls it once after training.
 
 ``docs/adding_a_method.md`` walks through adding one (MPN as the example).
 """
@@ -82,6 +85,7 @@ class Method:
   init_extra: Callable | None = None
   update_extra: Callable | None = None
   optimizer_groups: Callable[[Any], tuple[OptimizerGroup, ...]] | None = None
+  pictures: Callable | None = None
 
   def groups(self, config) -> tuple[OptimizerGroup, ...]:
     groups = tuple(self.optimizer_groups(config)) if self.optimizer_groups else (OptimizerGroup(),)
