@@ -169,7 +169,8 @@ def train_one(spec: dict) -> dict:
   state_dict = {k: np.array(v) for k, v in numpy_state_dict(model).items()}
   try:
     t = time.perf_counter()
-    side = bt.TorchSide(config, model, batches, device, amp, channels_last)
+    loss_fn = bt.MODELS[spec['model']].torch_loss(config, batch // k, k)
+    side = bt.TorchSide(config, model, batches, device, amp, channels_last, loss_fn)
     del model
     bt.torch_warm_up(side, spec['warmup'], 0.0)
     times = bt.timed_steps(side, spec['steps'], spec['time_cap_s'])
@@ -300,8 +301,8 @@ def plan(args) -> list[dict]:
   if 'train' in args.parts:
     dtypes = args.dtypes.split(',')
     combos = [(m, d) for m in models for d in dtypes]
-    if smoke:  # each code path once: both models, both dtypes, the max-batch path
-      combos = [(models[0], dtypes[-1]), (models[-1], dtypes[0])]
+    if smoke:  # each code path once: two models, both dtypes, the max-batch path
+      combos = [(models[0], dtypes[-1]), (models[min(1, len(models) - 1)], dtypes[0])]
     if smoke:  # one process (start-up and compiles dominate at tiny sizes), max path included
       runs = [(m, d, SMOKE['batch']) for m, d in combos] + [(*combos[0], SMOKE['max_batch'])]
       items.append(dict(base, kind='train', runs=runs))
@@ -369,7 +370,8 @@ def parse_args(argv=None):
                   help='tiny sizes on CPU (ResNet-18 width 8, 64x32, batch 8; 300 x 1500 eval)')
   ap.add_argument('--budget_s', type=float, default=450.0, help='wall budget for all parts')
   ap.add_argument('--parts', default='eval,train', help='eval,train or one of them')
-  ap.add_argument('--models', default='baseline,apnet', help='bench/train.py MODELS names')
+  ap.add_argument('--models', default='baseline,apnet,mpn',
+                  help='bench/train.py MODELS names (the smoke run takes the first two)')
   ap.add_argument('--dtypes', default='bfloat16,float32')
   ap.add_argument('--steps', type=int, default=20, help='timed steps per side (at most)')
   ap.add_argument('--warmup', type=int, default=3)

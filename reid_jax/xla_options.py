@@ -4,9 +4,11 @@
 
 * On XLA:CPU (jaxlib 0.10–0.12) convolutions are not sent to YNNPACK. XLA:CPU rewrites the
   weight-gradient convolutions of a backward pass into YNNPACK fusions (``"__ynn_fusion"`` in the
-  compiled HLO), which on x86 CPUs run 2–7x slower than XLA's own (Eigen) convolution; the
-  option ``xla_cpu_experimental_ynn_fusion_type`` is set to XLA's default list of library fusion
-  types without ``LIBRARY_FUSION_TYPE_CONVOLUTION`` (dots and reductions stay on YNNPACK).
+  compiled HLO), which on the x86 CPU measured run up to 5x slower than XLA's own (Eigen)
+  convolution for the large ones that dominate a ResNet step (a few small shapes are faster on
+  YNNPACK; the option is per jit, all or nothing). ``xla_cpu_experimental_ynn_fusion_type`` is
+  set to XLA's default list of library fusion types without ``LIBRARY_FUSION_TYPE_CONVOLUTION``
+  (dots and reductions stay on YNNPACK).
 * Anywhere else (GPU, TPU), or on a jaxlib outside the known range, or when the installed jaxlib
   rejects the option (a probe compile fails with a catchable error): ``{}``, i.e. XLA's defaults.
   The per-jit option is used rather than ``XLA_FLAGS`` because an unknown ``XLA_FLAGS`` entry

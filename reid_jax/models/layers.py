@@ -60,10 +60,11 @@ def _normalize(xf: Array, mean: Array, var: Array, scale: Array, bias: Array | N
 
   Same function as the textbook form (the statistics are computed as before, by the caller); the
   folded form reads ``xf`` once and creates no full-size ``xf - mean`` for the output (nor for
-  its gradient), which halves the step's temporaries on XLA:CPU. Rounding: ``xf * a - mean * a``
-  loses about ``eps32 * |mean * a|`` against ``(xf - mean) * a`` (a few float32 ulps of the
-  output for the activations a network feeds a BatchNorm). ``mean``, ``var``, ``scale``, ``bias``
-  broadcast against ``xf`` (per channel, or ``[B, 1, 1, C]`` for InstanceNorm).
+  its gradient), which cuts the step's temporaries (docs/benchmarks.md). Rounding:
+  ``xf * a - mean * a`` loses about ``eps32 * |mean * a|`` against ``(xf - mean) * a`` (a few
+  float32 ulps of the output for the activations a network feeds a BatchNorm). ``mean``,
+  ``var``, ``scale``, ``bias`` broadcast against ``xf`` (per channel, or ``[B, 1, 1, C]`` for
+  InstanceNorm).
   """
   a = scale * jax.lax.rsqrt(var + epsilon)
   b = -mean * a if bias is None else bias - mean * a
