@@ -20,7 +20,8 @@ BLOCKER = textwrap.dedent(f'''
     class _Blocked:
       def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in {BLOCKED!r}:
-          raise ImportError('blocked for the GPU-suite test: ' + name)
+          # What an absent package raises (some libraries catch exactly this one).
+          raise ModuleNotFoundError('blocked for the GPU-suite test: ' + name, name=name)
         return None
 
     sys.meta_path.insert(0, _Blocked())
