@@ -17,10 +17,14 @@ U = 2.0**-24
 BLOCKER = textwrap.dedent(f'''
     import sys
 
+    # Absent, as on the GPU machine: ``import x`` raises ModuleNotFoundError and
+    # ``importlib.util.find_spec('x')`` returns None (torch._dynamo probes optional packages so).
+    for _name in {BLOCKED!r}:
+      sys.modules[_name] = None
+
     class _Blocked:
       def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in {BLOCKED!r}:
-          # What an absent package raises (some libraries catch exactly this one).
           raise ModuleNotFoundError('blocked for the GPU-suite test: ' + name, name=name)
         return None
 
@@ -37,8 +41,9 @@ def _env(tmp_path):
   flags = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
   if 'xla_cpu_max_isa' in os.environ.get('XLA_FLAGS', ''):
     flags += ' --xla_cpu_max_isa=AVX2'
+  # torch (its optimizers import torch._dynamo) keeps a cache under the temp dir unless told.
   return dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), ROOT]), XLA_FLAGS=flags,
-              TF_CPP_MIN_LOG_LEVEL='2')
+              TF_CPP_MIN_LOG_LEVEL='2', TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'inductor'))
 
 
 def test_suite_import_chain_needs_no_blocked_module(tmp_path):
@@ -56,7 +61,8 @@ def test_suite_import_chain_needs_no_blocked_module(tmp_path):
         raise SystemExit('blocker inactive')
       except ImportError:
         pass
-      print('LOADED', sorted(k for k in sys.modules if k.split('.')[0] in %r))
+      print('LOADED', sorted(k for k, v in sys.modules.items()
+                             if v is not None and k.split('.')[0] in %r))
   ''' % (BLOCKED,))
   proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=_env(tmp_path),
                         capture_output=True, text=True, timeout=300)
