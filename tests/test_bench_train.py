@@ -17,8 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize('model', ['baseline', 'mpn'])
-def test_bench_train_quick(model):
+def test_bench_train_quick(model, tmp_path):
+  # TORCHINDUCTOR_CACHE_DIR: torch's optimizers import torch._dynamo, which would otherwise leave
+  # a cache folder in the session's temp dir.
   env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+             TORCHINDUCTOR_CACHE_DIR=str(tmp_path / 'inductor'),
              XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
   t = time.time()
   proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'train.py'), '--quick',
