@@ -47,7 +47,9 @@ def _jaxlib_version() -> tuple[int, int] | None:
 def _option_accepted(options: dict, backend: str) -> bool:
   """Compiles a tiny function with ``options`` on ``backend``; False if XLA rejects them."""
   try:
-    x = jax.device_put(np.float32(0), jax.local_devices(backend=backend)[0])
+    # An abstract argument: a committed one would clash with a mesh set by the caller
+    # (``with jax.set_mesh(mesh): make_train_step(...)``) and make the probe fail.
+    x = jax.ShapeDtypeStruct((), np.float32)
     jax.jit(lambda x: x + 1, compiler_options=options).lower(x).compile()
     return True
   except Exception:  # noqa: BLE001 (XLA raises JaxRuntimeError: INVALID_ARGUMENT)

@@ -112,3 +112,18 @@ def test_train_step_is_compiled_without_ynnpack_convolutions():
     text = step.lower(state, train.put_batch(mesh, batch(c)), jnp.float32(1e-3)).compile().as_text()
   assert ' convolution(' in text
   assert ynn_convolutions(text) == 0
+
+
+def test_probe_inside_a_mesh_context_still_accepts_the_option():
+  # The training loop builds its step inside ``with jax.set_mesh(mesh)``: the probe must not
+  # fail there (a committed probe argument clashed with the mesh and silently disabled the
+  # option for the whole process).
+  from reid_jax import config_lib, train
+  xla_options._probe.cache_clear()
+  try:
+    with jax.set_mesh(train.make_mesh(config_lib.base_config())):
+      opts = xla_options.cpu_compiler_options()
+  finally:
+    xla_options._probe.cache_clear()
+  assert opts == {'xla_cpu_experimental_ynn_fusion_type':
+                  'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
