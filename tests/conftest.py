@@ -19,6 +19,10 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 _SESSION_TMP = tempfile.mkdtemp(prefix='reid_jax_tests_')
 os.environ['TMPDIR'] = _SESSION_TMP
 tempfile.tempdir = _SESSION_TMP
+# PyTorch (the numerical reference) keeps a compile cache in the temp dir; give it a known place
+# in the session folder, removed with it.
+_TORCH_CACHE = 'torch_cache'
+os.environ['TORCHINDUCTOR_CACHE_DIR'] = os.path.join(_SESSION_TMP, _TORCH_CACHE)
 
 from absl import flags  # noqa: E402
 
@@ -27,7 +31,8 @@ flags.FLAGS.mark_as_parsed()
 
 def leftovers(folder: str) -> list[str]:
   """Entries of ``folder`` that are not pytest's own temp folders."""
-  return sorted(e for e in os.listdir(folder) if not e.startswith('pytest-of-'))
+  return sorted(e for e in os.listdir(folder)
+                if not e.startswith('pytest-of-') and e != _TORCH_CACHE)
 
 
 def pytest_sessionfinish(session, exitstatus):
