@@ -1,4 +1,4 @@
-"""APNet (Chen et al., TIP 2021), the official recipe (methods.md §2.4; docs/apnet.md).
+"""APNet (Chen et al., TIP 2021), the official recipe (CHENGY12/APNet `configs/default.yml`, `solver/`; docs/apnet.md).
 
 BoT network (ResNet-50, last stride 1, no stem ReLU, BNNeck) with the attention pyramid after each
 of the five backbone stages: level 2 = SAMS (2 splits) -> frozen-bias BN2d -> SE. 384x192,

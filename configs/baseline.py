@@ -1,4 +1,4 @@
-"""BoT strong baseline (Luo et al. 2019), the official recipe (methods.md §1.3).
+"""BoT strong baseline (Luo et al. 2019), the official recipe (michuanhaohao/reid-strong-baseline `configs/softmax_triplet_with_center.yml`).
 
 ResNet-50, last stride 1, no stem ReLU, BNNeck; CE with label smoothing 0.1 + batch-hard triplet
 0.3 (+ center loss 5e-4 with ``:center=1``). Adam 3.5e-4, wd 5e-4 coupled, warmup 10 epochs from

@@ -481,7 +481,7 @@ class QueryGalleryBuilder(ReidBuilder, skip_registration=True):
   """Test-only builders (occluded/partial benchmarks): a query folder and a gallery folder.
 
   The pid is the leading number of the file name; every query camid is 0 and every gallery camid
-  is 1, so that no true match is removed by the same-camera rule (reid-protocols.md §3).
+  is 1, so that no true match is removed by the same-camera rule (the CUHK03 new protocol, Zhong et al. 2017).
   Subclasses set ``LAYOUTS`` (alternative {split: folder} maps), ``WRAPPERS``, ``SUFFIXES``,
   ``RECURSIVE`` (images in per-pid sub-folders) and ``NAME_PATTERN`` (captures the pid).
   """
