@@ -402,3 +402,20 @@ def test_part_method_through_extraction_and_eval(tmp_path):
   assert out['mAP'] == pytest.approx(100 * want['mAP_step'], abs=1e-9)
   assert out['mINP'] == pytest.approx(100 * want['mINP'], abs=1e-9)
   assert out['R1'] == pytest.approx(100 * want['cmc'][0], abs=1e-9)
+
+
+def test_bench_eval_parts_quick():
+  """bench/eval.py's part-distance case at tiny size (300 x 1,500, P = 9, D = 64) in its own
+  processes: reid_jax and the NumPy reference agree and the JSON carries time and peak RSS."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, os.path.join(root, 'bench', 'eval.py'), '--only=parts',
+                         '--quick'], cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  r = json.loads(proc.stdout)['occluded_duke_part_distance']
+  assert 'error' not in r['jax'] and 'error' not in r['numpy_reference'], r
+  assert r['numpy_reference']['pairs_without_common_part'] > 0
+  assert r['agrees_with_numpy'] and r['within_rss_bound']
+  assert r['jax']['first_call_s'] > 0 and r['jax']['peak_rss_gib'] > 0
