@@ -86,6 +86,23 @@ def float_visibility(rng, n, p):
   return v
 
 
+def random_parts(rng, nq, ng, p, dim, vis, prob=0.5):
+  """``(qf, gf, qv, gv)``: unit parts and visibility 'bool', 'float', 'none' or 'mixed' (bool on
+  the query side, scores on the gallery side)."""
+  qf, gf = unit_parts(rng, nq, p, dim), unit_parts(rng, ng, p, dim)
+  if vis == 'none':
+    return qf, gf, None, None
+
+  def binary(n):
+    return bool_visibility(rng, n, p, prob)
+
+  def scores(n):
+    return float_visibility(rng, n, p)
+  make_q, make_g = {'bool': (binary, binary), 'float': (scores, scores),
+                    'mixed': (binary, scores)}[vis]
+  return qf, gf, make_q(nq), make_g(ng)
+
+
 def distance_tol(qf, gf):
   """Absolute error bound ``[Q, G]`` of each pair distance: |q|^2 - 2 q.g + |g|^2 in float32 is a
   dot of D terms plus three roundings with partial sums up to max |q|^2 + max |g|^2; the square
@@ -112,16 +129,8 @@ def assert_within(got, want, tol, *, rtol, what=''):
 @pytest.mark.parametrize('vis', ['bool', 'float', 'none', 'mixed'])
 @pytest.mark.parametrize('combine', ['mean', 'max'])
 def test_part_distance_matches_reference(vis, combine):
-  rng = np.random.default_rng(1)
-  nq, ng, p, dim = 11, 29, 6, 16
-  qf, gf = unit_parts(rng, nq, p, dim), unit_parts(rng, ng, p, dim)
-  qv = gv = None
-  if vis == 'bool':
-    qv, gv = bool_visibility(rng, nq, p), bool_visibility(rng, ng, p)
-  elif vis == 'float':
-    qv, gv = float_visibility(rng, nq, p), float_visibility(rng, ng, p)
-  elif vis == 'mixed':  # bool on one side, scores on the other: the scores rule
-    qv, gv = bool_visibility(rng, nq, p), float_visibility(rng, ng, p)
+  nq, ng, p = 11, 29, 6
+  qf, gf, qv, gv = random_parts(np.random.default_rng(1), nq, ng, p, 16, vis)
   want = ref_part_distance(qf, gf, qv, gv, combine)
   if vis in ('bool', 'float', 'mixed'):
     assert (want > 2.0).any() and (want <= 2.0).any()  # both kinds of pairs occur
@@ -225,13 +234,8 @@ def assert_separated(want, tol, qp, gp, qc, gc):
                                          ('none', 'mean')])
 def test_evaluate_part_features_against_protocol_reference(vis, combine):
   rng = np.random.default_rng(7)
-  nq, ng, p, dim = 23, 61, 5, 8
-  qf, gf = unit_parts(rng, nq, p, dim), unit_parts(rng, ng, p, dim)
-  qv = gv = None
-  if vis == 'bool':
-    qv, gv = bool_visibility(rng, nq, p, 0.4), bool_visibility(rng, ng, p, 0.4)
-  elif vis == 'float':
-    qv, gv = float_visibility(rng, nq, p), float_visibility(rng, ng, p)
+  nq, ng = 23, 61
+  qf, gf, qv, gv = random_parts(rng, nq, ng, 5, 8, vis, prob=0.4)
   qp, gp, qc, gc = labels_case(rng, nq, ng)
   want_d = ref_part_distance(qf, gf, qv, gv, combine)
   assert_separated(want_d, distance_tol(qf, gf), qp, gp, qc, gc)
@@ -375,11 +379,9 @@ def test_part_method_through_extraction_and_eval(tmp_path):
     want = (np.asarray(a['feat']) + np.asarray(m['feat'])) / 2
     want /= np.linalg.norm(want, axis=-1, keepdims=True)
     # The visibility rule has no rounding margin issue: the band means are far from 0.
-    lm = np.concatenate([np.asarray(left_band_means(x)), np.asarray(left_band_means(x[:, :, ::-1]))])
-    assert np.abs(lm).min() > 1e-5
-    want_vis = np.concatenate([np.ones((len(x), 1), bool),
-                               (np.asarray(left_band_means(x)) > 0)
-                               | (np.asarray(left_band_means(x[:, :, ::-1])) > 0)], axis=1)
+    lm, lm_flip = np.asarray(left_band_means(x)), np.asarray(left_band_means(x[:, :, ::-1]))
+    assert min(np.abs(lm).min(), np.abs(lm_flip).min()) > 1e-5
+    want_vis = np.concatenate([np.ones((len(x), 1), bool), (lm > 0) | (lm_flip > 0)], axis=1)
     np.testing.assert_array_equal(feats['visibility'], want_vis)
     assert not want_vis.all()  # some parts are hidden in both views
     # Other batch shapes: a 27-term convolution, then means of up to H*W = 2048 terms whose

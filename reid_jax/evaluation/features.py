@@ -69,9 +69,8 @@ def concatenate(chunks: Sequence[Features]) -> Features:
   if not chunks:
     raise ValueError('no feature chunks to concatenate')
   if is_parts(chunks[0]):
-    keys = chunks[0].keys()
-    return {k: (None if chunks[0][k] is None else np.concatenate([np.asarray(c[k]) for c in chunks]))
-            for k in keys}
+    return {k: None if v is None else np.concatenate([np.asarray(c[k]) for c in chunks])
+            for k, v in chunks[0].items()}
   return np.concatenate([np.asarray(c) for c in chunks])
 
 
