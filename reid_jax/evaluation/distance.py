@@ -23,7 +23,7 @@ from reid_jax.evaluation import features as feature_lib
 
 METRICS = ('euclidean', 'sqeuclidean', 'cosine')
 PART_COMBINES = ('mean', 'max')
-DEFAULT_PART_BLOCK = 256  # query rows per block of part_distance: [P, 256, G] float32 in flight
+DEFAULT_PART_BLOCK = 256  # query rows per block of part_distance: a few [256, G] float32
 
 
 def check_metric(metric: str) -> str:
@@ -94,52 +94,62 @@ def check_part_metric(metric: str) -> str:
   return metric
 
 
-def part_distances_fn(qf: jax.Array, gf: jax.Array) -> jax.Array:
-  """Per-embedding distances ``[P, Q, G]`` of ``qf [Q, P, D]`` and ``gf [G, P, D]``.
-
-  BPBreID's non-squared Euclidean distance by the expansion, ``sqrt(relu(|q|^2 - 2 q.g +
+def _one_part_distance(qp: jax.Array, gp: jax.Array, q_sq: jax.Array, g_sq: jax.Array):
+  """``[Q, G]`` distances of one embedding, ``qp [Q, D]`` to ``gp [G, D]`` with their squared
+  norms: BPBreID's non-squared Euclidean distance by the expansion, ``sqrt(relu(|q|^2 - 2 q.g +
   |g|^2))`` (no clamp above 0, so identical vectors give the square root of a rounding-level
-  residual, ~1e-4 for unit vectors, as the official code does).
-  """
-  qf = qf.astype(jnp.float32)
-  gf = gf.astype(jnp.float32)
-  dot = jnp.einsum('qpd,gpd->pqg', qf, gf, precision=jax.lax.Precision.HIGHEST)
-  q_sq = jnp.sum(jnp.square(qf), axis=-1).T  # [P, Q]
-  g_sq = jnp.sum(jnp.square(gf), axis=-1).T  # [P, G]
-  return jnp.sqrt(jnp.maximum(q_sq[:, :, None] - 2.0 * dot + g_sq[:, None, :], 0.0))
+  residual, ~1e-4 for unit vectors, as the official code does)."""
+  return jnp.sqrt(jnp.maximum(q_sq[:, None] - 2.0 * _dot(qp, gp) + g_sq[None, :], 0.0))
 
 
 def part_distance_fn(q: dict, g: dict, combine: str = 'mean'):
   """Traceable core of :func:`part_distance` on one block: ``(pair [Q, G], part_max [])``.
 
-  ``q``, ``g``: part features (dicts with ``feat`` and ``visibility``, which may be None).
-  ``pair`` holds -1 where no embedding counts for both images (no common visible part, or a zero
-  weight sum); ``part_max`` is the block's largest part distance that BPBreID's sentinel is built
-  from: over the valid (both-visible) entries with bool visibility (-1 if none), over all entries
-  otherwise. :func:`fill_no_common_part` turns the -1 into the whole matrix's ``max + 1``.
+  ``q``, ``g``: part features (dicts with ``feat`` ``[N, P, D]`` and ``visibility`` ``[N, P]``,
+  which may be None). ``pair`` holds -1 where no embedding counts for both images (no common
+  visible part, or a zero weight sum); ``part_max`` is the block's largest part distance that
+  BPBreID's sentinel is built from: over the counted (both-visible) entries with bool visibility
+  (-1 if none), over all entries otherwise. :func:`fill_no_common_part` turns the -1 into the
+  whole matrix's ``max + 1``.
+
+  One loop over the P embeddings accumulates a weight per entry (bool: 1 if visible in both, else
+  0; float: ``sqrt(v_q v_g)``; no visibility: 1) and the weighted sum (or the maximum over
+  weighted-in entries), so only a few ``[Q, G]`` arrays are in flight, never ``[P, Q, G]``.
   """
-  d = part_distances_fn(q['feat'], g['feat'])  # [P, Q, G]
+  qf = q['feat'].astype(jnp.float32)
+  gf = g['feat'].astype(jnp.float32)
   qv, gv = q.get('visibility'), g.get('visibility')
-  if qv is None:  # BPBreID without mask filtering: every embedding, unweighted
-    pair = jnp.mean(d, axis=0) if combine == 'mean' else jnp.max(d, axis=0)
-    return pair, jnp.max(d)
-  if qv.dtype == jnp.bool_:
-    valid = qv.T[:, :, None] & gv.T[:, None, :]  # [P, Q, G]
-    masked = jnp.where(valid, d, -1.0)
-    count = jnp.sum(valid, axis=0, dtype=jnp.int32)
-    if combine == 'mean':  # masked_mean: sum over valid entries / their count
-      pair = jnp.sum(jnp.where(valid, d, 0.0), axis=0) / jnp.maximum(count, 1).astype(jnp.float32)
-    else:
-      pair = jnp.max(masked, axis=0)
-    return jnp.where(count > 0, pair, -1.0), jnp.max(masked)
-  # Continuous visibility: weights sqrt(v_q * v_g); the max is over every part distance.
-  w = jnp.sqrt(qv.astype(jnp.float32).T[:, :, None] * gv.astype(jnp.float32).T[:, None, :])
-  w_sum = jnp.sum(w, axis=0)
-  if combine == 'mean':
-    pair = jnp.sum(w * d, axis=0) / jnp.where(w_sum == 0, 1.0, w_sum)
-  else:  # no official counterpart (BPBreID always averages here): max over weighted-in parts
-    pair = jnp.max(jnp.where(w > 0, d, -1.0), axis=0)
-  return jnp.where(w_sum == 0, -1.0, pair), jnp.max(d)
+  kind = 'none' if qv is None else 'bool' if qv.dtype == jnp.bool_ else 'float'
+  q_sq = jnp.sum(jnp.square(qf), axis=-1)  # [Q, P]
+  g_sq = jnp.sum(jnp.square(gf), axis=-1)  # [G, P]
+  shape = (qf.shape[0], gf.shape[0])
+
+  def column(a, p):
+    return jax.lax.dynamic_index_in_dim(a, p, axis=1, keepdims=False)
+
+  def body(p, carry):
+    acc, w_sum, part_max = carry
+    d = _one_part_distance(column(qf, p), column(gf, p), column(q_sq, p), column(g_sq, p))
+    if kind == 'none':
+      w = jnp.ones(shape, jnp.float32)
+    elif kind == 'bool':  # masked_mean: the entries visible in both
+      w = (column(qv, p)[:, None] & column(gv, p)[None, :]).astype(jnp.float32)
+    else:  # continuous visibility: sqrt(v_q * v_g)
+      w = jnp.sqrt(column(qv, p).astype(jnp.float32)[:, None]
+                   * column(gv, p).astype(jnp.float32)[None, :])
+    counted = jnp.where(w > 0, d, -1.0)
+    acc = acc + w * d if combine == 'mean' else jnp.maximum(acc, counted)
+    part_max = jnp.maximum(part_max, jnp.max(counted if kind == 'bool' else d))
+    return acc, w_sum + w, part_max
+
+  init = (jnp.full(shape, 0.0 if combine == 'mean' else -1.0, jnp.float32),
+          jnp.zeros(shape, jnp.float32), jnp.float32(-1.0))
+  acc, w_sum, part_max = jax.lax.fori_loop(0, qf.shape[1], body, init)
+  pair = acc / jnp.where(w_sum == 0, 1.0, w_sum) if combine == 'mean' else acc
+  if kind == 'none':  # BPBreID without mask filtering: every embedding, unweighted
+    return pair, part_max
+  # 'max' with float scores has no official counterpart (BPBreID always averages there).
+  return jnp.where(w_sum == 0, -1.0, pair), part_max
 
 
 def fill_no_common_part(pair: jax.Array, part_max) -> jax.Array:
@@ -177,7 +187,7 @@ def part_distance(q_feat, g_feat, q_vis=None, g_vis=None, combine: str = 'mean',
   ``q_feat [Q, P, D]``, ``g_feat [G, P, D]``: the P = 1 + K embeddings of each image (L2-normalise
   them first, per embedding, as BPBreID's engine does). ``q_vis [Q, P]``, ``g_vis [G, P]``: their
   visibility, bool or float scores, or None on both sides. Per embedding p, ``D_p`` is the
-  non-squared Euclidean distance by the expansion (:func:`part_distances_fn`). Then, as VlSomers/
+  non-squared Euclidean distance by the expansion (:func:`_one_part_distance`). Then, as VlSomers/
   bpbreid ``torchreid/metrics/distance.py``:
 
   * bool visibility: entry p counts for (q, g) iff visible in both; ``combine='mean'``: the mean of
@@ -189,7 +199,7 @@ def part_distance(q_feat, g_feat, q_vis=None, g_vis=None, combine: str = 'mean',
     part distance of the **whole** matrix plus one (bool: over the entries that count; float and
     none: over all entries), so it ranks after every other pair.
 
-  Computed on device ``block_size`` query rows at a time (``[P, block_size, G]`` in flight): the
+  Computed on device ``block_size`` query rows at a time (a few ``[block_size, G]`` arrays): the
   blocks' -1 markers are filled once every block's maximum is known, so the result is the
   whole-matrix rule whatever ``block_size``. Bool visibility on one side and scores on the other
   use the scores rule (both as float), as BPBreID does.

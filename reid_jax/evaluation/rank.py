@@ -392,8 +392,8 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
   Distances are formed for ``block_size`` query rows at a time (rows sharded over the mesh axis
   'data', AxisType.Auto; the gallery replicated), then ranked by the counting kernel of
   :func:`rank_metrics`. Peak device memory is about ``G*D*4 + 2*block_size*G*4`` bytes (part
-  features: ``G*P*D*4`` for the gallery and ``P*block_size*G*4`` for the per-part distances); the
-  ``[Q, G]`` matrix is never formed. Part pairs with no common visible part rank after every other
+  features: ``G*P*D*4`` for the gallery and a few ``block_size*G*4`` for the per-part
+  accumulators); the ``[Q, G]`` matrix is never formed. Part pairs with no common visible part rank after every other
   gallery item of their query, as under BPBreID's whole-matrix ``max + 1`` rule.
   ``metric``: 'euclidean' | 'sqeuclidean' | 'cosine'. ``rerank``: False, True (paper 20/6/0.3)
   or a preset name of :data:`reid_jax.evaluation.rerank.PRESETS` / a dict of re_rank kwargs;
