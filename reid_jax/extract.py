@@ -186,6 +186,7 @@ def main(argv):
   del argv
   from absl import flags  # noqa: PLC0415
 
+  from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
   from reid_jax.feature_extractor import FeatureExtractor  # noqa: PLC0415
   f = flags.FLAGS
   config = f.config
@@ -202,7 +203,6 @@ def main(argv):
   else:
     from reid_jax import data  # noqa: PLC0415
     config.input.dataset = f.dataset
-    from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
     chunks, pid_chunks, camid_chunks = [], [], []
     for batch in data.eval_batches(config.input, f.split, batch_size=extractor.batch_size):
       valid = np.asarray(batch['valid'], bool)
@@ -214,7 +214,7 @@ def main(argv):
     pids, camids = np.concatenate(pid_chunks), np.concatenate(camid_chunks)
   keep_labels = names is None or bool((pids >= 0).all())
   save_npz(f.out, feats, pids if keep_labels else None, camids if keep_labels else None, names)
-  shape = np.shape(feats['feat'] if isinstance(feats, dict) else feats)
+  shape = np.shape(feats['feat'] if feature_lib.is_parts(feats) else feats)
   print(f'wrote {shape[0]} x {" x ".join(map(str, shape[1:]))} features to {f.out}')
 
 
