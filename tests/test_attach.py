@@ -7,6 +7,8 @@ floor(255 v + 0.5), labels by BPBreID's rule (tests/test_parts.py ``reference_la
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -136,8 +138,18 @@ def test_missing_and_malformed_label_files(tmp_path):
   with pytest.raises(_attach.AttachmentError,
                      match=r'--parsing_dir: no label file for image ' + re.escape(victim)) as e:
     prep.prepare('market1501', raw, data_dir, check_counts='off', parsing_dir=labels_root)
-  assert isinstance(e.value, cli.USER_ERRORS)  # one error line at the CLI, no traceback
+  assert isinstance(e.value, cli.USER_ERRORS)
   stem = os.path.splitext(os.path.basename(victim))[0]
+  # At the command line: one error line naming the image, no traceback, exit status 2.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'reid_jax.prepare', 'market1501', f'--manual_dir={raw}',
+       f'--parsing_dir={labels_root}', f'--data_dir={data_dir}', '--check_counts=off'],
+      cwd=root, env=dict(os.environ, PYTHONPATH=root, REID_JAX_TRACEBACK=''),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith('error: ')]
+  assert len(errors) == 1 and f'no label file for image {victim}' in errors[0], proc.stderr
   assert os.listdir(data_dir) == []
 
   np.save(moved, np.zeros((35, 4, 3), np.float32))  # wrong channel count
