@@ -78,6 +78,20 @@ _LEGS4 = ('left_hip', 'right_hip', 'left_knee', 'right_knee', 'left_ankle', 'rig
 _VLEGS = ('left_hip', 'right_hip', 'left_knee', 'right_knee', 'left_ankle_to_left_knee',
           'left_knee_to_left_hip', 'right_ankle_to_right_knee', 'right_knee_to_right_hip')
 _FEET = ('left_ankle', 'right_ankle')
+_FINE = {  # the arm, torso and leg parts shared by 'eleven' and 'fourteen'
+    'left_elbow_mask': ('left_shoulder', 'left_elbow', 'left_shoulder_to_left_elbow'),
+    'left_wrist_mask': ('left_wrist', 'left_elbow_to_left_wrist'),
+    'right_elbow_mask': ('right_shoulder', 'right_elbow', 'right_shoulder_to_right_elbow'),
+    'right_wrist_mask': ('right_wrist', 'right_elbow_to_right_wrist'),
+    'upper_torso_mask': ('left_shoulder_to_left_hip', 'right_shoulder_to_right_hip',
+                         'left_shoulder_to_right_shoulder'),
+    'lower_torso_mask': ('left_hip', 'right_hip', 'left_hip_to_right_hip'),
+    'left_leg_mask': ('left_knee', 'left_knee_to_left_hip', 'left_hip_to_right_hip'),
+    'right_leg_mask': ('right_knee', 'right_knee_to_right_hip'),
+}
+_EIGHT = {'head_mask': _HEAD, 'left_arm_mask': _LEFT_ARM, 'right_arm_mask': _RIGHT_ARM,
+          'torso_mask': _TORSO, 'left_leg_mask': _LEFT_LEG, 'right_leg_mask': _RIGHT_LEG,
+          'left_feet_mask': ('left_ankle',), 'right_feet_mask': ('right_ankle',)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,45 +242,21 @@ GROUPINGS: dict[str, Grouping] = {g.name: g for g in [
                              'left_shoulder_to_right_shoulder'),
         'lower_torso_mask': ('left_hip', 'right_hip', 'left_hip_to_right_hip'),
         'leg_mask': _LEFT_LEG + _RIGHT_LEG, 'feet_mask': _FEET}),
-    _grouping('eight', {
-        'head_mask': _HEAD, 'left_arm_mask': _LEFT_ARM, 'right_arm_mask': _RIGHT_ARM,
-        'torso_mask': _TORSO, 'left_leg_mask': _LEFT_LEG, 'right_leg_mask': _RIGHT_LEG,
-        'left_feet_mask': ('left_ankle',), 'right_feet_mask': ('right_ankle',)}),
-    _grouping('eight_v', {  # the same lists as 'eight' in the official file
-        'head_mask': _HEAD, 'left_arm_mask': _LEFT_ARM, 'right_arm_mask': _RIGHT_ARM,
-        'torso_mask': _TORSO, 'left_leg_mask': _LEFT_LEG, 'right_leg_mask': _RIGHT_LEG,
-        'left_feet_mask': ('left_ankle',), 'right_feet_mask': ('right_ankle',)}),
+    _grouping('eight', _EIGHT),
+    _grouping('eight_v', _EIGHT),  # the same lists as 'eight' in the official file
     _grouping('ten_ms', {
-        'head_mask': _HEAD, 'left_arm_mask': _LEFT_ARM, 'right_arm_mask': _RIGHT_ARM,
-        'torso_mask': _TORSO, 'left_leg_mask': _LEFT_LEG, 'right_leg_mask': _RIGHT_LEG,
-        'left_feet_mask': ('left_ankle',), 'right_feet_mask': ('right_ankle',),
+        **_EIGHT,
         'upper_body_mask': _HEAD + _LEFT_ARM + _RIGHT_ARM + _TORSO,
         'lower_body_mask': _LEFT_LEG + _RIGHT_LEG + _FEET}),
     _grouping('eleven', {
         'head_mask': _HEAD,
-        'left_elbow_mask': ('left_shoulder', 'left_elbow', 'left_shoulder_to_left_elbow'),
-        'left_wrist_mask': ('left_wrist', 'left_elbow_to_left_wrist'),
-        'right_elbow_mask': ('right_shoulder', 'right_elbow', 'right_shoulder_to_right_elbow'),
-        'right_wrist_mask': ('right_wrist', 'right_elbow_to_right_wrist'),
-        'upper_torso_mask': ('left_shoulder_to_left_hip', 'right_shoulder_to_right_hip',
-                             'left_shoulder_to_right_shoulder'),
-        'lower_torso_mask': ('left_hip', 'right_hip', 'left_hip_to_right_hip'),
-        'left_leg_mask': ('left_knee', 'left_knee_to_left_hip', 'left_hip_to_right_hip'),
-        'right_leg_mask': ('right_knee', 'right_knee_to_right_hip'),
+        **_FINE,
         'left_feet_mask': ('left_ankle_to_left_knee', 'left_ankle'),
         'right_feet_mask': ('right_ankle_to_right_knee', 'right_ankle')}),
     _grouping('fourteen', {
         'head_mask': _HEAD[:10],
         'neck_mask': ('left_ear_to_left_shoulder', 'right_ear_to_right_shoulder'),
-        'left_elbow_mask': ('left_shoulder', 'left_elbow', 'left_shoulder_to_left_elbow'),
-        'left_wrist_mask': ('left_wrist', 'left_elbow_to_left_wrist'),
-        'right_elbow_mask': ('right_shoulder', 'right_elbow', 'right_shoulder_to_right_elbow'),
-        'right_wrist_mask': ('right_wrist', 'right_elbow_to_right_wrist'),
-        'upper_torso_mask': ('left_shoulder_to_left_hip', 'right_shoulder_to_right_hip',
-                             'left_shoulder_to_right_shoulder'),
-        'lower_torso_mask': ('left_hip', 'right_hip', 'left_hip_to_right_hip'),
-        'left_leg_mask': ('left_knee', 'left_knee_to_left_hip', 'left_hip_to_right_hip'),
-        'right_leg_mask': ('right_knee', 'right_knee_to_right_hip'),
+        **_FINE,
         'left_tibia_mask': ('left_ankle_to_left_knee',),
         'right_tibia_mask': ('right_ankle_to_right_knee',),
         'left_feet_mask': ('left_ankle',), 'right_feet_mask': ('right_ankle',)}),
