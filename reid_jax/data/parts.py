@@ -399,7 +399,15 @@ def resize_nearest(masks: np.ndarray, size: tuple[int, int], rule: str = 'cv2') 
   h, w = masks.shape[:2]
   if (h, w) == tuple(size):
     return masks
-  return masks[nearest_index(h, size[0], rule)][:, nearest_index(w, size[1], rule)]
+  rows, cols = nearest_index(h, size[0], rule), nearest_index(w, size[1], rule)
+  if masks.ndim != 3:
+    return masks[rows][:, cols]
+  # Each pixel's K channels as one opaque item: the gather then copies whole pixels (4x faster
+  # than gathering K small values).
+  masks = np.ascontiguousarray(masks)
+  pixels = masks.view(np.dtype((np.void, masks.shape[2] * masks.itemsize)))[..., 0]
+  return np.ascontiguousarray(pixels[rows][:, cols]).view(masks.dtype).reshape(
+      size[0], size[1], masks.shape[2])
 
 
 def _fixed_channel(part: FixedPart, h: int, w: int) -> np.ndarray:
@@ -433,22 +441,23 @@ def part_targets(masks: np.ndarray | None, grouping: Grouping, size: tuple[int, 
   h, w = size
   oh, ow = int(h / scale), int(w / scale)
   rows, cols = nearest_index(h, oh, 'torch'), nearest_index(w, ow, 'torch')
-  out = np.zeros((oh, ow, grouping.num_parts + 1), np.float32)
+  # Channels first while computing: reductions over a short last axis are slow in NumPy.
+  out = np.zeros((grouping.num_parts + 1, oh, ow), np.float32)
   if grouping.field_parts:
     sampled = masks[rows][:, cols]
     if sampled.dtype == np.uint8:
       sampled = sampled.astype(np.float32) / np.float32(255)
-    out[..., [1 + k for k in grouping.field_parts]] = sampled
+    out[[1 + k for k in grouping.field_parts]] = sampled.transpose(2, 0, 1)
   for k, c in enumerate(grouping.channels):
     if isinstance(c, FixedPart):
-      out[..., 1 + k] = _fixed_channel(c, h, w)[rows][:, cols]
-  out[..., 0] = out[..., 1:].max(axis=-1) < np.float32(threshold)
+      out[1 + k] = _fixed_channel(c, h, w)[rows][:, cols]
+  out[0] = out[1:].max(axis=0) < np.float32(threshold)
   if softmax_weight > 0:
-    logits = out * np.float32(softmax_weight)
-    logits -= logits.max(axis=-1, keepdims=True)
-    np.exp(logits, out=logits)
-    return logits / logits.sum(axis=-1, keepdims=True)
-  return out / out.sum(axis=-1, keepdims=True)
+    out *= np.float32(softmax_weight)
+    out -= out.max(axis=0, keepdims=True)
+    np.exp(out, out=out)
+  out /= out.sum(axis=0, keepdims=True)
+  return np.ascontiguousarray(out.transpose(1, 2, 0))
 
 
 def part_labels(part_masks: np.ndarray) -> np.ndarray:
