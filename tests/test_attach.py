@@ -253,9 +253,11 @@ def test_textures_by_name_and_the_skip_option(tmp_path):
   missing = [r for r in rels if r.startswith('bounding_box_train/0007_')]
   assert len(missing) == 3
   for rel in rels:
-    if rel not in missing:  # a flat folder of PNGs named after the JPEGs' stems
+    if rel not in missing:  # PNGs named after the JPEGs' stems: train mirrored, the rest flat
       base = os.path.splitext(os.path.basename(rel))[0]
-      solid(textures / f'{base}.png', colour_of(base), size=40)
+      folder = textures / 'bounding_box_train' if rel.startswith('bounding_box_train/') \
+          else textures
+      solid(folder / f'{base}.png', colour_of(base), size=40)
   with pytest.raises(_attach.AttachmentError, match=r'--texture_dir: no texture for image '
                      r'bounding_box_train/0007_.*and 2 more.*--missing_texture=skip'):
     prep.prepare('market1501', raw, tmp_path / 'data', check_counts='off', texture_dir=textures)
@@ -269,6 +271,12 @@ def test_textures_by_name_and_the_skip_option(tmp_path):
       if fname not in missing:
         base = os.path.splitext(os.path.basename(fname))[0]
         assert r['texture'].shape == (32, 32, 3) and (r['texture'] == colour_of(base)).all()
+  broken = sorted(textures.glob('*.png'))[0]
+  broken.write_bytes(b'not a png')
+  with pytest.raises(_attach.AttachmentError, match=re.escape(str(broken)) + r': cannot decode'):
+    prep.prepare('market1501', raw, tmp_path / 'data2', check_counts='off', texture_dir=textures,
+                 missing_texture='skip')
+  assert os.listdir(tmp_path / 'data2') == []
   # The pipeline's texture_valid: pid 7 is exactly the images without a texture.
   cfg = synthetic_tiny.input_config(dataset='market1501', texture=True, p=2, k=2)
   it = data.train_iterator(cfg, seed=0, data_dir=os.fspath(tmp_path / 'data'))
