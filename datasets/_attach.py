@@ -10,9 +10,9 @@ stored in the record's ``filename``), the candidate file names of the kind (``pa
 2. instead of 1, when the builder renames ``<dir>``'s first folder and ``ROOT`` holds the renamed
    one: the renamed folder (the official CUHK03 texture pack: ``images_labeled`` ->
    ``texture_cuhk03_labeled``, next to ``images_labeled`` itself);
-3. the folder of 1 or 2 without its last folder when ``<dir>`` has two or more folders: BPBreID's label
-   folders for Occluded-REID and P-DukeMTMC-reID drop the per-identity sub-folder
-   (VlSomers/bpbreid ``occluded_reid.py``, ``p_dukemtmc_reid.py``: ``infer_masks_path``);
+3. the folder of 1 or 2 without its last folder, when it has two or more: BPBreID's label folders
+   for Occluded-REID and P-DukeMTMC-reID drop the per-identity sub-folder (VlSomers/bpbreid
+   ``occluded_reid.py``, ``p_dukemtmc_reid.py``: ``infer_masks_path``);
 4. anywhere under ``ROOT`` by file name alone, when none of the folders of 1-3 exists (a flat
    folder, or ``ROOT`` pointing inside the mirrored tree) and exactly one file has that name;
    several is an error naming them. When a mirrored folder exists, a file missing there is

@@ -209,7 +209,8 @@ def main(argv):
                               '--texture_dir / --missing_texture / --texture_size (it generates '
                               'its own parsing masks and textures).')
   # Unknown names, a wrong --manual_dir, corrupt images, count mismatches and missing or
-  # malformed label/texture files are ValueError / FileNotFoundError subclasses: reid_jax.cli prints them as one error line (exit status 2).
+  # malformed label/texture files are ValueError / FileNotFoundError subclasses: reid_jax.cli
+  # prints them as one error line (exit status 2).
   path = prepare(name, fv.manual_dir, fv.data_dir, overwrite=fv.overwrite, **kwargs)
   print(path)
 

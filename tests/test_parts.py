@@ -146,7 +146,8 @@ def test_fixed_groupings():
   pm = parts.part_targets(None, g, (64, 32))
   labels = parts.part_labels(pm)  # 16 rows at every 4th image row; stripes of 16 image rows
   assert (labels[:, 0] == np.repeat([1, 2, 3, 4], 4)).all() and (labels == labels[:, :1]).all()
-  assert (parts.part_labels(parts.part_targets(None, parts.get_grouping('id'), (64, 32))) == 1).all()
+  whole = parts.part_targets(None, parts.get_grouping('id'), (64, 32))
+  assert (parts.part_labels(whole) == 1).all()
   aug = Augment(size=(64, 32), flip_prob=0.0, crop='pad', pad=10, erasing_prob=0.0,
                 parts='strp_2')
   out = aug({'image': np.zeros((64, 32, 3), np.uint8)}, np.random.default_rng(0))
@@ -180,8 +181,9 @@ def test_masks_follow_the_image(crop, erasing):
   for seed in range(40):
     out = aug({'image': img, 'parsing_fields': fields}, np.random.default_rng(seed))
     image = out['image'][::4, ::4]
-    colour = lambda c: np.all(np.abs(image - ((np.array(c) / 255 - mean) / std)) < 1e-5, -1)  # noqa: E731
-    want = np.where(colour((200, 30, 60)), 1, np.where(colour((40, 220, 90)), 4, 0))
+    rect1 = np.all(np.abs(image - ((np.array((200, 30, 60)) / 255 - mean) / std)) < 1e-5, -1)
+    rect2 = np.all(np.abs(image - ((np.array((40, 220, 90)) / 255 - mean) / std)) < 1e-5, -1)
+    want = np.where(rect1, 1, np.where(rect2, 4, 0))  # head, torso, else background
     got = parts.part_labels(out['part_masks'])
     np.testing.assert_array_equal(got, want, err_msg=f'seed {seed}')
     erased = np.all(np.abs(image - np.array(aug.erasing_fill, np.float32)) < 1e-6, -1)
