@@ -79,6 +79,7 @@ class ModelSpec:
   # (config, p, k) -> loss(train-mode output, labels): the method's objective in torch.
   torch_loss: Callable | None = None
   quick_size: str = '64x32'          # --quick input size (HxW)
+  quick_model: dict | None = None    # --quick: config.model overrides (e.g. a narrow decoder)
   note: str = ''
   # (config, batches, seed) -> batches with the method's extra fields (SAN: 'texture').
   add_fields: Callable | None = None
@@ -178,7 +179,9 @@ MODELS: dict[str, ModelSpec] = {
                      quick_size='96x32'),
     # The recipe's step: 256x128, P16 x K4, 256x256 textures.
     'san': ModelSpec('configs/san.py', torch_builder=_torch_san,
-                     add_fields=_san_textures, torch_side=lambda *a: SANTorchSide(*a)),
+                     add_fields=_san_textures, torch_side=lambda *a: SANTorchSide(*a),
+                     quick_model=dict(feature_dim=32, decoder_channels=(16, 8, 8, 4, 4),
+                                      texture_size=32)),
 }
 
 
@@ -632,8 +635,8 @@ def parse_args(argv=None):
                   help="torch.set_num_threads (0: torch's default, one per core)")
   ap.add_argument('--num_batches', type=int, default=2, help='distinct synthetic batches cycled')
   ap.add_argument('--quick', action='store_true',
-                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32 (MPN: 96x32), '
-                  '1 warm-up, 2 steps')
+                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32 (MPN: 96x32; SAN: '
+                  'a narrow decoder, 32x32 textures), 1 warm-up, 2 steps')
   ap.add_argument('--seed', type=int, default=0)
   args = ap.parse_args(argv)
   if args.quick:
@@ -672,6 +675,8 @@ def main(argv=None):
     config.model.depth = args.depth
   if args.width:
     config.model.width = args.width
+  if args.quick and spec.quick_model:
+    config.model.update(spec.quick_model)
   result['model_config'] = {k: config.model[k] for k in ('name', 'depth', 'width', 'last_stride',
                                                          'dtype')}
   result['loss'] = {k: config.loss.get(k) for k in ('ce_epsilon', 'triplet_margin',

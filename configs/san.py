@@ -39,12 +39,9 @@ MAIN_EPOCHS = 300
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, dataset='cuhk03_np/labeled', close_head='decoder_step',
                               flip_texture=0, missing_texture='error')
-  if args.close_head not in CLOSE_HEAD:
-    raise ValueError(f'configs/san.py: close_head must be one of {CLOSE_HEAD}, '
-                     f'got {args.close_head!r}')
-  if args.missing_texture not in MISSING_TEXTURE:
-    raise ValueError(f'configs/san.py: missing_texture must be one of {MISSING_TEXTURE}, '
-                     f'got {args.missing_texture!r}')
+  for key, allowed in (('close_head', CLOSE_HEAD), ('missing_texture', MISSING_TEXTURE)):
+    if args[key] not in allowed:
+      raise ValueError(f'configs/san.py: {key} must be one of {allowed}, got {args[key]!r}')
   if args.dataset == 'cuhk03_np':
     args.dataset = 'cuhk03_np/labeled'
   config = config_lib.base_config()
