@@ -25,12 +25,62 @@ IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 _MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')
 
 
-def _combine(embed, images, flip):
-  f = embed(images)
-  if flip == 'none':
-    return f
-  g = embed(images[:, :, ::-1, :])  # horizontal flip of NHWC
-  return f + g if flip == 'sum' else (f + g) * 0.5
+def l2_normalize(x, eps: float = 1e-12):
+  """``x / max(||x||, eps)`` over the last axis (each part of ``[B, P, D]`` on its own)."""
+  import jax.numpy as jnp  # noqa: PLC0415
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def _combine_views(a, b, flip: str):
+  """The test output of an image (``a``) and of its mirror (``b``) as one.
+
+  A feature (an array, or the ``'feat'`` entry of a dict) is added (``'sum'``, as fast-reid and
+  torchreid add them) or averaged (``'mean'``). Any other dict entry, such as a part-based
+  method's ``'visibility'``, keeps what both views agree on: logical AND for booleans, the
+  minimum for scores.
+  """
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  def feature(x, y):
+    return x + y if flip == 'sum' else (x + y) * 0.5
+
+  if not isinstance(a, dict):
+    return feature(a, b)
+  return {k: feature(a[k], b[k]) if k == 'feat' else
+          (jnp.logical_and(a[k], b[k]) if a[k].dtype == jnp.bool_ else jnp.minimum(a[k], b[k]))
+          for k in a}
+
+
+def eval_features(embed, images, flip: str = 'none', normalize: bool = False):
+  """The test feature of ``images`` under ``config.eval``: the one definition that evaluation,
+  ``reid_jax.FeatureExtractor``, ``reid_jax.extract`` and ``reid_jax.export`` share.
+
+  Args:
+    embed: ``images -> output``, the eval-mode network (``models.embed``): an array ``[B, D]``,
+      or for part-based methods a dict ``{'feat': [B, P, D], 'visibility': [B, P]}``.
+    images: ``[B, H, W, 3]`` float32, normalised.
+    flip: ``'none'``, or ``'sum'`` / ``'mean'`` with the horizontally mirrored images
+      (``_combine_views``).
+    normalize: L2-normalise the feature over its last axis (per part for ``[B, P, D]``).
+
+  Returns ``embed``'s structure with float32 floating values: the feature, or the dict with its
+  ``'feat'`` combined and normalised and its other entries combined.
+  """
+  if flip not in FLIPS:
+    raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  def run(x):  # float32 features whatever the compute dtype (a bfloat16 model's too)
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, embed(x))
+
+  out = run(images)
+  if flip != 'none':
+    out = _combine_views(out, run(images[:, :, ::-1, :]), flip)  # horizontal flip of NHWC
+  if normalize:
+    out = dict(out, feat=l2_normalize(out['feat'])) if isinstance(out, dict) else l2_normalize(out)
+  return out
 
 
 def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
@@ -40,14 +90,16 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
 
   Each batch is a dict ``{'image': [B, H, W, 3] float32 (normalised), 'pid': [B], 'camid': [B],
   'valid': [B] bool}`` (``valid`` optional; padding rows are dropped). The feature is
-  ``reid_jax.models.embed`` (eval mode), optionally combined with the horizontally flipped image
-  (``flip='sum'`` as fast-reid/torchreid add them, ``'mean'`` averages), then optionally
-  L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int, camids [N] int)``, plus the
+  ``eval_features`` of ``reid_jax.models.embed`` (eval mode): optionally combined with the
+  horizontally flipped image (``flip='sum'`` as fast-reid/torchreid add them, ``'mean'``
+  averages), then optionally L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int,
+  camids [N] int)`` (``feats`` a dict of ``[N, ...]`` arrays for part-based methods), plus the
   batches' record ``index [N]`` with ``with_index``. A tqdm bar shows when ``progress`` is True,
   or when None and stderr is a terminal.
   """
   if flip not in FLIPS:
     raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
+  import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   from tqdm import tqdm  # noqa: PLC0415
 
@@ -62,18 +114,16 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     images = jnp.asarray(batch['image'], jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"batch['image'] must be [B, H, W, 3], got {images.shape}")
-    f = np.asarray(_combine(lambda x: embed(model, x), images, flip), np.float32)
-    valid = np.asarray(batch.get('valid', np.ones(len(f), bool)), bool)
-    feats.append(f[valid])
-    pids.append(np.asarray(batch.get('pid', np.full(len(f), -1)))[valid])
-    camids.append(np.asarray(batch.get('camid', np.full(len(f), -1)))[valid])
-    index.append(np.asarray(batch.get('index', np.full(len(f), -1)))[valid])
+    f = eval_features(lambda x: embed(model, x), images, flip, normalize)
+    n = len(images)
+    valid = np.asarray(batch.get('valid', np.ones(n, bool)), bool)
+    feats.append(jax.tree.map(lambda a: np.asarray(a)[valid], f))
+    pids.append(np.asarray(batch.get('pid', np.full(n, -1)))[valid])
+    camids.append(np.asarray(batch.get('camid', np.full(n, -1)))[valid])
+    index.append(np.asarray(batch.get('index', np.full(n, -1)))[valid])
   if not feats:
     raise ValueError('batches is empty')
-  feats = np.concatenate(feats)
-  if normalize:
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-  out = (feats, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
+  out = (jax.tree.map(lambda *parts: np.concatenate(parts), *feats), np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
   return out + (np.concatenate(index).astype(np.int64),) if with_index else out
 
 

@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from reid_jax.extract import FLIPS, _combine
+from reid_jax.extract import FLIPS, eval_features
+
+INPUT_DTYPES = ('uint8', 'float32')
 
 
 def load_config(path: str):
@@ -55,6 +57,11 @@ def _to_uint8(image: Any, i: int) -> np.ndarray:
   return np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array
 
 
+def _concatenate(parts: list):
+  """Row blocks (arrays, or dicts of arrays) as one."""
+  return jax.tree.map(lambda *blocks: np.concatenate(blocks), *parts)
+
+
 class FeatureExtractor:
   """Images -> L2-normalised (per ``config.eval.normalize``) test features of a checkpoint.
 
@@ -82,19 +89,45 @@ class FeatureExtractor:
     self.transform = Augment.from_config(config.input, train=False)
     model = ckpt_lib.restore_model(config.model, checkpoint, step=step)
     model.eval()
-    self._graphdef, self._state = nnx.split(model)
+    self._graphdef, self.state = nnx.split(model)
     self.traces = 0  # how many times the network function was traced (one per batch shape)
-    flip, normalize = config.eval.flip, bool(config.eval.normalize)
+    network = self.function('float32')
 
     def features(state, images):
       self.traces += 1
-      net = nnx.merge(self._graphdef, state)
-      f = _combine(net, images, flip)
-      if normalize:
-        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-      return f
+      return network(state, images)
 
     self._features = jax.jit(features)
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    """``(H, W)`` of the network input (``config.input.size``)."""
+    return tuple(int(v) for v in self.config.input.size)
+
+  def function(self, input_dtype: str = 'float32'):
+    """The test-time feature as a pure function ``f(state, images)`` of the weights
+    (``self.state``) and a batch ``images [B, H, W, 3]`` at ``image_size``, for ``jax.jit``,
+    ``jax.export`` and ``reid_jax.export``.
+
+    ``input_dtype='float32'``: images prepared as ``prepare`` does (normalised);
+    ``'uint8'``: RGB pixels 0..255, normalised inside as ``(x / 255 - mean) / std`` with
+    ``config.input.mean``/``std`` (the test transform without its resize). The output is
+    ``eval_features``: ``[B, D]`` float32, or a part-based method's dict.
+    """
+    if input_dtype not in INPUT_DTYPES:
+      raise ValueError(f'input dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}')
+    graphdef = self._graphdef
+    flip, normalize = self.config.eval.flip, bool(self.config.eval.normalize)
+    mean = np.asarray(self.config.input.mean, np.float32)
+    std = np.asarray(self.config.input.std, np.float32)
+
+    def features(state, images):
+      if input_dtype == 'uint8':
+        images = (images.astype(jnp.float32) / np.float32(255) - mean) / std
+      net = nnx.merge(graphdef, state)  # in eval mode, as it was split
+      return eval_features(net, images, flip, normalize)
+
+    return features
 
   def prepare(self, images: Iterable[Any], start: int = 0) -> np.ndarray:
     """The network inputs ``[N, H, W, 3]`` float32 of ``images`` (resized, normalised); errors
@@ -105,8 +138,9 @@ class FeatureExtractor:
       raise ValueError('no images given')
     return np.stack(out)
 
-  def embed_prepared(self, x: np.ndarray) -> np.ndarray:
-    """Features ``[N, D]`` of prepared images ``x [N, H, W, 3]`` (e.g. from the eval loader)."""
+  def embed_prepared(self, x: np.ndarray):
+    """Features ``[N, D]`` of prepared images ``x [N, H, W, 3]`` (e.g. from the eval loader); a
+    dict of ``[N, ...]`` arrays for part-based methods."""
     n = len(x)
     out = []
     for i in range(0, n, self.batch_size):
@@ -115,9 +149,10 @@ class FeatureExtractor:
       if padded > len(chunk):
         chunk = np.concatenate([chunk, np.zeros((padded - len(chunk), *chunk.shape[1:]),
                                                 chunk.dtype)])
-      out.append(np.asarray(self._features(self._state, jnp.asarray(chunk, jnp.float32)),
-                            np.float32)[:min(self.batch_size, n - i)])
-    return np.concatenate(out)
+      rows = min(self.batch_size, n - i)
+      out.append(jax.tree.map(lambda a, rows=rows: np.asarray(a)[:rows],
+                              self._features(self.state, jnp.asarray(chunk, jnp.float32))))
+    return _concatenate(out)
 
   def __call__(self, images: Iterable[Any]) -> np.ndarray:
     """Features ``[N, D]`` float32 of ``images`` (paths, PIL images, uint8 arrays), decoded and
@@ -125,6 +160,6 @@ class FeatureExtractor:
     images = list(images)
     if not images:
       raise ValueError('no images given')
-    return np.concatenate([
+    return _concatenate([
         self.embed_prepared(self.prepare(images[i:i + self.batch_size], start=i))
         for i in range(0, len(images), self.batch_size)])

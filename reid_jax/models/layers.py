@@ -5,6 +5,8 @@ All tensors are channels-last: images and maps are ``[B, H, W, C]``, vectors ``[
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -37,6 +39,18 @@ def torch_default_uniform(fan_in: int) -> nnx.Initializer:
   return init
 
 
+class Conv(nnx.Conv):
+  """``nnx.Conv`` with flax's own ``__call__`` bound to this class.
+
+  ONNX export (jax2onnx, ``reid_jax.export``) swaps ``nnx.Conv.__call__`` for a shim of its own
+  while it traces, and that shim fails on explicit padding pairs (it passes flax's padding list
+  as an unhashable primitive parameter). Defined here, the call stays flax's: the trace holds the
+  plain ``lax.conv_general_dilated``, which the exporter converts. Same variables, so checkpoints
+  are unchanged.
+  """
+  __call__ = nnx.Conv.__call__
+
+
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
          padding: int | None = None, use_bias: bool = False, rngs: nnx.Rngs,
          kernel_init: nnx.Initializer | None = None, dtype=None) -> nnx.Conv:
@@ -46,7 +60,7 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int =
   """
   pad = kernel_size // 2 if padding is None else padding
   fan_in = in_features * kernel_size * kernel_size
-  return nnx.Conv(
+  return Conv(
       in_features, out_features, (kernel_size, kernel_size), strides=(stride, stride),
       padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       kernel_init=kernel_init or kaiming_normal_fan_out(),
@@ -182,7 +196,33 @@ def max_pool(x: Array, window: int = 3, stride: int = 2, padding: int = 1,
   return _max_pool(x, window, stride, tuple(pads))
 
 
+_PORTABLE_POOL = contextvars.ContextVar('reid_jax_portable_pool', default=False)
+
+
+@contextlib.contextmanager
+def portable_max_pool():
+  """Within this context ``max_pool`` is traced as the maximum of ``window**2`` strided slices of
+  the -inf-padded input instead of one ``reduce_window`` (the same values, exactly).
+
+  For ONNX export: jax2onnx turns a ``reduce_window`` over ``[B, H, W, C]`` into a ``MaxPool``
+  with four spatial axes, which ONNX Runtime rejects ("Unsupported pooling size"); slices and
+  elementwise maxima run anywhere. Training and evaluation keep ``reduce_window``.
+  """
+  token = _PORTABLE_POOL.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE_POOL.reset(token)
+
+
 def _window_max(x, window, stride, pads):
+  if _PORTABLE_POOL.get():
+    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
+    ho = (xp.shape[1] - window) // stride + 1
+    wo = (xp.shape[2] - window) // stride + 1
+    views = [xp[:, di:di + stride * (ho - 1) + 1:stride, dj:dj + stride * (wo - 1) + 1:stride]
+             for di in range(window) for dj in range(window)]
+    return functools.reduce(jnp.maximum, views)
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
                                (1, stride, stride, 1), ((0, 0), pads[0], pads[1], (0, 0)))
 
