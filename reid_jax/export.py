@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pathlib
 import shutil
 import tempfile
 from typing import Callable
@@ -102,22 +103,48 @@ def _metadata(extractor, input_dtype: str) -> dict[str, str]:
 
 
 def _check_input_dtype(input_dtype: str) -> None:
-  from reid_jax.feature_extractor import INPUT_DTYPES  # noqa: PLC0415
+  from reid_jax.extract import INPUT_DTYPES  # noqa: PLC0415
   if input_dtype not in INPUT_DTYPES:
     raise ValueError(f'--input_dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}')
 
 
 @contextlib.contextmanager
 def _quiet_jax2onnx():
-  """jax2onnx loads all its plugins on first use and logs a traceback for each one that does not
-  import (its dm_pix plugins under jax >= 0.10); none of them is used here."""
-  plugin_log = logging.getLogger('jax2onnx.plugins.plugin_system')
-  level = plugin_log.level
-  plugin_log.setLevel(logging.ERROR)
+  """Silences two loggers while converting: jax2onnx's plugin loader, which logs a traceback for
+  each plugin that does not import (its dm_pix plugins under jax >= 0.10; none is used here), and
+  onnx_ir's serializer, which warns about untyped shape constants it writes anyway."""
+  loggers = [logging.getLogger(name) for name in ('jax2onnx.plugins.plugin_system',
+                                                   'onnx_ir.serde')]
+  levels = [log.level for log in loggers]
+  for log in loggers:
+    log.setLevel(logging.ERROR)
   try:
     yield
   finally:
-    plugin_log.setLevel(level)
+    for log, level in zip(loggers, levels):
+      log.setLevel(level)
+
+
+def _load_jax2onnx_plugins() -> None:
+  """Registers only jax2onnx's ``jax`` and ``flax`` plugins, the ones reid_jax models need.
+
+  On first use jax2onnx imports every plugin it ships, ~10 s of CPU, mostly its equinox plugins
+  and model examples, which compile at import. Where its plugin loader has the layout known here
+  (0.13), the two sub-packages are imported and the loader is marked done, so the others are
+  skipped in this process; otherwise jax2onnx loads all of them as usual.
+  """
+  try:
+    from jax2onnx.plugins import plugin_system  # noqa: PLC0415
+    root = pathlib.Path(plugin_system.__file__).parent
+    subtrees = [root / 'jax', root / 'flax']
+    if (plugin_system._already_imported_plugins  # noqa: SLF001
+        or not all(tree.is_dir() for tree in subtrees)):
+      return
+    for tree in subtrees:
+      plugin_system._import_tree(tree, f'jax2onnx.plugins.{tree.name}')  # noqa: SLF001
+    plugin_system._already_imported_plugins = True  # noqa: SLF001
+  except (ImportError, AttributeError):
+    return
 
 
 def require(fmt: str) -> None:
@@ -190,6 +217,7 @@ def export_onnx(extractor, path: str, *, input_dtype: str = 'uint8',
   import onnx  # noqa: PLC0415
   from reid_jax.models import layers  # noqa: PLC0415
   with _quiet_jax2onnx(), layers.portable_max_pool():
+    _load_jax2onnx_plugins()
     model = jax2onnx.to_onnx(lambda images: flat(state, images), [spec],
                              model_name=f'reid_jax_{extractor.config.model.name}', opset=opset,
                              input_names=['images'], output_names=names)
@@ -252,9 +280,9 @@ def export(config, checkpoint: str, fmt: str, out: str, *, input_dtype: str = 'u
            step: int | None = None, opset: int = DEFAULT_OPSET,
            platforms: tuple[str, ...] = DEFAULT_PLATFORMS) -> list[str]:
   """Restores ``checkpoint`` with ``config`` and exports it in ``fmt`` to ``out``."""
-  from reid_jax.feature_extractor import FeatureExtractor  # noqa: PLC0415
   _check_input_dtype(input_dtype)
   require(fmt)  # before the (slow) restore
+  from reid_jax.feature_extractor import FeatureExtractor  # noqa: PLC0415
   extractor = FeatureExtractor(config, checkpoint, step=step, batch_size=1)
   if fmt == 'onnx':
     return export_onnx(extractor, out, input_dtype=input_dtype, opset=opset)

@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 
 FLIPS = ('none', 'sum', 'mean')
+INPUT_DTYPES = ('uint8', 'float32')  # FeatureExtractor.function: pixels, or normalised images
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 _MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')
 

@@ -23,9 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from reid_jax.extract import FLIPS, eval_features
-
-INPUT_DTYPES = ('uint8', 'float32')
+from reid_jax.extract import FLIPS, INPUT_DTYPES, eval_features
 
 
 def load_config(path: str):

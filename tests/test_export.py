@@ -11,6 +11,7 @@ run their own convolution algorithms)."""
 import os
 import subprocess
 import sys
+import tempfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from flax import nnx
 
 from reid_jax import checkpoint, config_lib, export, models
-from reid_jax.feature_extractor import FeatureExtractor
+from reid_jax.feature_extractor import FeatureExtractor, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = 'export_test_parts'  # the dummy part-based method's registry name
@@ -54,27 +55,54 @@ def method_config(name):
   config.model.update(depth=18, width=8)
   config.input.size = (64, 32)
   config.eval.update(flip='sum', normalize=True)
-  if name == 'mpn':
+  if name == 'mpn':  # and the 'none' flip
     config.model.update(parts=3, part_channels=16, prior='stripes', channel_attention=False)
     config.input.size = (96, 32)
+    config.eval.flip = 'none'
   if name == PARTS:
     config.input.size = (48, 32)
     config.eval.flip = 'mean'
   return config
 
 
-@pytest.fixture(scope='module', params=['baseline', 'mpn', PARTS])
-def extractor(request, tmp_path_factory):
-  name = request.param
-  config = method_config(name)
-  model = models.build_model(config.model, 7, seed=11)
-  # Non-trivial BatchNorm statistics, so eval mode differs from train mode.
-  for path, var in nnx.iter_graph(model):
-    if isinstance(var, nnx.BatchStat):
-      var.value = var.value + 0.1 * (1 + (len(path) % 3))
-  directory = tmp_path_factory.mktemp(name) / 'ckpt'
-  checkpoint.save_model(model, directory, num_classes=7, model_config=config.model)
-  return FeatureExtractor(config, str(directory)), model
+@pytest.fixture(autouse=True)
+def scratch_temp_dir(tmp_path_factory, monkeypatch):
+  """Third-party files written into the temp dir land in a pytest folder instead: ONNX Runtime's
+  telemetry writes a session file ``.ses`` when it loads (it reads ``TMPDIR``), and TensorFlow's
+  SavedModel writer the autograph source of its signature wrapper (removed only at exit)."""
+  scratch = tmp_path_factory.mktemp('scratch')
+  monkeypatch.setenv('TMPDIR', str(scratch))
+  monkeypatch.setattr(tempfile, 'tempdir', str(scratch))
+
+
+_BUILT = {}
+
+
+def built(name, tmp_path_factory):
+  """(extractor, model, checkpoint folder) of a method's tiny model, built once per session
+  (random initialisation compiles a kernel per shape, the slowest part of this file)."""
+  if name not in _BUILT:
+    config = method_config(name)
+    model = models.build_model(config.model, 7, seed=11)
+    # Non-trivial BatchNorm statistics, so eval mode differs from train mode.
+    for path, var in nnx.iter_graph(model):
+      if isinstance(var, nnx.BatchStat):
+        var[...] = var[...] + 0.1 * (1 + (len(path) % 3))
+    directory = tmp_path_factory.mktemp(name) / 'ckpt'
+    checkpoint.save_model(model, directory, num_classes=7, model_config=config.model)
+    _BUILT[name] = FeatureExtractor(config, str(directory)), model, directory
+  return _BUILT[name]
+
+
+@pytest.fixture(scope='module')
+def method(request, tmp_path_factory):
+  """(extractor, images [3, H, W, 3] uint8, the reference outputs of the images) of a method."""
+  extractor, model, _ = built(request.param, tmp_path_factory)
+  images = uint8_images(3, extractor.image_size, seed=1)
+  want = reference(model, extractor.config, images)
+  if 'visibility' in want:  # visible and invisible parts, so the comparison can fail
+    assert want['visibility'].any() and not want['visibility'].all()
+  return extractor, images, want
 
 
 def uint8_images(n, size, seed):
@@ -123,52 +151,63 @@ def assert_outputs(got, want, name=''):
     vis = np.asarray(got['visibility'])
     assert vis.dtype == np.bool_
     np.testing.assert_array_equal(vis, want['visibility'])
-    assert want['visibility'].any() and not want['visibility'].all()  # the test can fail
 
 
-def test_feature_extractor_is_the_reference(extractor):
-  """The function every exporter converts, run by jax: the reference within rounding."""
-  fx, model = extractor
-  images = uint8_images(3, fx.image_size, seed=1)
-  want = reference(model, fx.config, images)
-  got = fx.embed_prepared(normalized(fx.config, images))
-  assert_outputs(got if isinstance(got, dict) else {'feat': got}, want)
+def batches(extractor, images, want, input_dtype):
+  """Two batch sizes (1 and 3) of the inputs in ``input_dtype``, with their reference rows (eval
+  mode treats each image on its own)."""
+  x = images if input_dtype == 'uint8' else normalized(extractor.config, images)
+  for n in (1, 3):
+    yield n, x[:n], {k: v[:n] for k, v in want.items()}
 
 
-@pytest.mark.parametrize('input_dtype', ['uint8', 'float32'])
-def test_onnx(extractor, input_dtype, tmp_path):
+# Each format sees BoT, MPN and the dummy part-based method, uint8 and float32 inputs, not every
+# combination (the file stays near a minute of CPU); test_export_from_config_file adds BoT's
+# SavedModel with uint8 input, lowered for every platform.
+ONNX_CASES = [('baseline', 'uint8'), ('baseline', 'float32'), ('mpn', 'uint8'),
+              (PARTS, 'float32')]
+SAVEDMODEL_CASES = [('mpn', 'float32'), (PARTS, 'uint8')]
+
+
+@pytest.mark.parametrize('method', [PARTS], indirect=True)
+def test_feature_extractor_gives_part_dicts(method):
+  """The function every exporter converts, run by jax: a dict of row blocks for part-based
+  methods, padded batches cut back."""
+  extractor, images, want = method
+  got = extractor.embed_prepared(normalized(extractor.config, images))
+  assert_outputs(got, want)
+
+
+@pytest.mark.parametrize('method, input_dtype', ONNX_CASES, indirect=['method'])
+def test_onnx(method, input_dtype, tmp_path):
   import onnxruntime as ort
-  fx, model = extractor
+  extractor, images, want = method
   path = tmp_path / 'model.onnx'
-  names = export.export_onnx(fx, str(path), input_dtype=input_dtype)
-  assert names == (['feat', 'visibility'] if fx.config.model.name == PARTS else ['feat'])
+  names = export.export_onnx(extractor, str(path), input_dtype=input_dtype)
+  assert names == sorted(want)
   assert os.listdir(tmp_path) == ['model.onnx']  # no temporary left
   session = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
   (inp,) = session.get_inputs()
-  assert inp.name == 'images' and inp.shape[1:] == [*fx.image_size, 3]
+  assert inp.name == 'images' and inp.shape[1:] == [*extractor.image_size, 3]
   assert not isinstance(inp.shape[0], int)  # dynamic batch
-  for n, seed in ((1, 2), (3, 3)):
-    images = uint8_images(n, fx.image_size, seed)
-    x = images if input_dtype == 'uint8' else normalized(fx.config, images)
-    got = dict(zip(names, session.run(names, {'images': x})))
-    assert_outputs(got, reference(model, fx.config, images), f'batch {n}')
+  assert inp.type == f'tensor({input_dtype.replace("float32", "float")})'
+  for n, x, expected in batches(extractor, images, want, input_dtype):
+    assert_outputs(dict(zip(names, session.run(names, {'images': x}))), expected, f'batch {n}')
 
 
-@pytest.mark.parametrize('input_dtype', ['uint8', 'float32'])
-def test_savedmodel(extractor, input_dtype, tmp_path):
+@pytest.mark.parametrize('method, input_dtype', SAVEDMODEL_CASES, indirect=['method'])
+def test_savedmodel(method, input_dtype, tmp_path):
   import tensorflow as tf
-  fx, model = extractor
+  extractor, images, want = method
   path = tmp_path / 'saved'
-  export.export_savedmodel(fx, str(path), input_dtype=input_dtype, platforms=('cpu',))
+  export.export_savedmodel(extractor, str(path), input_dtype=input_dtype, platforms=('cpu',))
   assert os.listdir(tmp_path) == ['saved']
   loaded = tf.saved_model.load(str(path))
   serve = loaded.signatures['serving_default']
   assert loaded.metadata['reid_jax.input_dtype'].numpy().decode() == input_dtype
-  for n, seed in ((1, 4), (3, 5)):
-    images = uint8_images(n, fx.image_size, seed)
-    x = images if input_dtype == 'uint8' else normalized(fx.config, images)
+  for n, x, expected in batches(extractor, images, want, input_dtype):
     got = {k: v.numpy() for k, v in serve(images=tf.constant(x)).items()}
-    assert_outputs(got, reference(model, fx.config, images), f'batch {n}')
+    assert_outputs(got, expected, f'batch {n}')
 
 
 CONFIG = """
@@ -199,42 +238,46 @@ def assert_user_error(proc, *fragments):
 
 
 @pytest.fixture(scope='module')
-def cli_checkpoint(tmp_path_factory):
-  root = tmp_path_factory.mktemp('cli')
-  (root / 'tiny.py').write_text(CONFIG)
-  config = method_config('baseline')
-  model = models.build_model(config.model, 5, seed=3)
-  checkpoint.save_model(model, root / 'ckpt', num_classes=5, model_config=config.model)
-  return root, model, config
+def config_file(tmp_path_factory):
+  """A config file building the model of ``method_config('baseline')``."""
+  path = tmp_path_factory.mktemp('cli') / 'tiny.py'
+  path.write_text(CONFIG)
+  assert load_config(str(path)) == method_config('baseline')
+  return path
 
 
-def test_cli_savedmodel_for_every_platform(cli_checkpoint, tmp_path):
+def test_export_from_config_file_for_every_platform(config_file, tmp_path, tmp_path_factory):
+  """What the command line runs (``export.export``): the config file, the latest checkpoint
+  step, a SavedModel with uint8 input lowered for CPU, CUDA and TPU (run here on CPU), replacing
+  an old export."""
   import tensorflow as tf
-  root, model, config = cli_checkpoint
+  _, model, directory = built('baseline', tmp_path_factory)
   out = tmp_path / 'bot_saved'
-  proc = cli(f'--config={root / "tiny.py"}', f'--checkpoint={root / "ckpt"}',
-             '--format=savedmodel', f'--out={out}')
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'input images [batch, 64, 32, 3] uint8, outputs feat' in proc.stdout
-  assert os.listdir(tmp_path) == ['bot_saved']
-  images = uint8_images(2, (64, 32), seed=6)
-  got = tf.saved_model.load(str(out)).serve(tf.constant(images))
-  assert_outputs({k: v.numpy() for k, v in got.items()}, reference(model, config, images))
+  out.mkdir()
+  (out / 'stale').write_text('a previous export')
+  names = export.export(str(config_file), str(directory), 'savedmodel', str(out))
+  assert names == ['feat'] and os.listdir(tmp_path) == ['bot_saved']
+  assert 'stale' not in os.listdir(out)
+  loaded = tf.saved_model.load(str(out))
+  assert loaded.metadata['reid_jax.input_dtype'].numpy().decode() == 'uint8'
+  images = uint8_images(3, (64, 32), seed=6)
+  want = reference(model, method_config('baseline'), images)
+  for n in (1, 3):
+    got = {k: v.numpy() for k, v in loaded.serve(tf.constant(images[:n])).items()}
+    assert_outputs(got, {k: v[:n] for k, v in want.items()}, f'batch {n}')
 
 
-def test_cli_errors(cli_checkpoint, tmp_path):
-  root, _, _ = cli_checkpoint
-  base = (f'--config={root / "tiny.py"}', f'--out={tmp_path / "m.onnx"}')
+def test_cli_errors(config_file, tmp_path):
+  base = (f'--config={config_file}', f'--out={tmp_path / "m.onnx"}')
   assert_user_error(cli(*base, f'--checkpoint={tmp_path / "nope"}', '--format=onnx'),
                     f"checkpoint directory '{tmp_path / 'nope'}' does not exist")
-  assert_user_error(cli(*base, f'--checkpoint={root / "ckpt"}', '--format=tflite'),
+  assert_user_error(cli(*base, f'--checkpoint={tmp_path}', '--format=tflite'),
                     '--format', 'onnx', 'savedmodel')
   # An environment without the exporter: a jax2onnx that cannot be imported.
   fake = tmp_path / 'site'
   (fake / 'jax2onnx').mkdir(parents=True)
   (fake / 'jax2onnx' / '__init__.py').write_text("raise ImportError('No module named jax2onnx')\n")
-  assert_user_error(cli(*base, f'--checkpoint={root / "ckpt"}', '--format=onnx',
-                        pythonpath=[fake]),
+  assert_user_error(cli(*base, f'--checkpoint={tmp_path}', '--format=onnx', pythonpath=[fake]),
                     "--format=onnx needs the Python package 'jax2onnx'",
                     "pip install 'reid_jax[export]'")
   assert os.listdir(tmp_path) == ['site']  # nothing written
