@@ -25,11 +25,15 @@ Exporters:
   tf2onnx cannot read. Recent jax2onnx releases pin ``orbax-checkpoint < 0.11.37`` while reid_jax
   needs ``>= 0.12.8``, so pip resolves ``reid_jax[export]`` to the newest release without that pin
   (0.13.0 at the time of writing, tested with jax 0.10.2 and onnxruntime 1.32). Written as one
-  ``.onnx`` file (weights inside) with opset ``--opset``; check it with ``onnxruntime``.
+  ``.onnx`` file (weights inside) with opset ``--opset``; check it with ``onnxruntime``. Two
+  reid_jax layers keep the trace convertible: convolutions are ``layers.Conv`` (jax2onnx's own
+  ``nnx.Conv`` shim rejects explicit padding pairs) and max pooling is traced as strided slices
+  (``layers.portable_max_pool``; ONNX Runtime pools over at most three spatial axes).
 * SavedModel with ``jax.experimental.jax2tf`` (native serialization: the StableHLO of the
   function inside an ``XlaCallModule`` op, lowered for ``--platforms``, CPU, CUDA and TPU by
   default); the weights are ``tf.Variable``s of the module. Serving signature
-  ``serving_default(images) -> {feat, ...}``; load it with ``tf.saved_model.load``.
+  ``serving_default(images) -> {feat, ...}``; load it with ``tf.saved_model.load`` and keep a
+  reference to the loaded object while calling it (it owns the variables).
 
 Both carry the preprocessing the input expects (``reid_jax.input_size``, ``mean``, ``std``,
 ``test_interpolation``, ``flip``, ``normalize``): ONNX metadata properties, the SavedModel's

@@ -124,7 +124,8 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     index.append(np.asarray(batch.get('index', np.full(n, -1)))[valid])
   if not feats:
     raise ValueError('batches is empty')
-  out = (jax.tree.map(lambda *parts: np.concatenate(parts), *feats), np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
+  out = (jax.tree.map(lambda *parts: np.concatenate(parts), *feats),
+         np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
   return out + (np.concatenate(index).astype(np.int64),) if with_index else out
 
 

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
