@@ -8,11 +8,13 @@ their mirror; the flip rule (features added, visibility ANDed); NumPy L2 normali
 Tolerance: the issue's 1e-4 of the largest feature magnitude (ONNX Runtime and TensorFlow's XLA
 run their own convolution algorithms)."""
 
+import functools
 import os
 import subprocess
 import sys
 import tempfile
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -280,3 +282,24 @@ def test_cli_errors(config_file, tmp_path):
                     "--format=onnx needs the Python package 'jax2onnx'",
                     "pip install 'reid_jax[export]'")
   assert os.listdir(tmp_path) == ['site']  # nothing written
+
+
+@pytest.mark.parametrize('window, stride, padding, ceil_mode, hw', [
+    (3, 2, 1, False, (9, 6)), (3, 2, 0, True, (8, 5)), (2, 2, 0, False, (7, 7))])
+def test_portable_max_pool_is_torch_max_pool(window, stride, padding, ceil_mode, hw):
+  """The form ONNX export traces (strided slices) against PyTorch's ``max_pool2d``: exact, as a
+  maximum involves no rounding."""
+  import torch
+
+  from reid_jax.models import layers
+  x = np.random.default_rng(0).standard_normal((2, *hw, 3)).astype(np.float32)
+  want = torch.nn.functional.max_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), window, stride,
+                                        padding, ceil_mode=ceil_mode).permute(0, 2, 3, 1).numpy()
+  pool = functools.partial(layers.max_pool, window=window, stride=stride, padding=padding,
+                           ceil_mode=ceil_mode)
+  with layers.portable_max_pool():
+    got = np.asarray(pool(x))
+    assert 'reduce_window' not in str(jax.make_jaxpr(lambda v: pool(v))(x))
+  assert 'reduce_window' in str(jax.make_jaxpr(lambda v: pool(v))(x))  # a fresh trace
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(np.asarray(pool(x)), want)

@@ -193,7 +193,8 @@ def max_pool(x: Array, window: int = 3, stride: int = 2, padding: int = 1,
       out = eff // stride + 1
     extra = max((out - 1) * stride + window - (size + 2 * padding), 0)
     pads.append((padding, padding + extra))
-  return _max_pool(x, window, stride, tuple(pads))
+  pool = _max_pool_portable if _PORTABLE_POOL.get() else _max_pool
+  return pool(x, window, stride, tuple(pads))
 
 
 _PORTABLE_POOL = contextvars.ContextVar('reid_jax_portable_pool', default=False)
@@ -206,7 +207,9 @@ def portable_max_pool():
 
   For ONNX export: jax2onnx turns a ``reduce_window`` over ``[B, H, W, C]`` into a ``MaxPool``
   with four spatial axes, which ONNX Runtime rejects ("Unsupported pooling size"); slices and
-  elementwise maxima run anywhere. Training and evaluation keep ``reduce_window``.
+  elementwise maxima run anywhere. Training and evaluation keep ``reduce_window``. The form is
+  chosen when a function is traced: a function jitted before (or inside) the context keeps the
+  form of its first trace, so export traces a fresh function.
   """
   token = _PORTABLE_POOL.set(True)
   try:
@@ -216,25 +219,34 @@ def portable_max_pool():
 
 
 def _window_max(x, window, stride, pads):
-  if _PORTABLE_POOL.get():
-    xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
-    ho = (xp.shape[1] - window) // stride + 1
-    wo = (xp.shape[2] - window) // stride + 1
-    views = [xp[:, di:di + stride * (ho - 1) + 1:stride, dj:dj + stride * (wo - 1) + 1:stride]
-             for di in range(window) for dj in range(window)]
-    return functools.reduce(jnp.maximum, views)
   return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, window, window, 1),
                                (1, stride, stride, 1), ((0, 0), pads[0], pads[1], (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, stride, pads):
-  return _window_max(x, window, stride, pads)
+def _window_max_slices(x, window, stride, pads):
+  """``_window_max`` as the maximum of ``window**2`` strided slices of the padded input."""
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
+  ho = (xp.shape[1] - window) // stride + 1
+  wo = (xp.shape[2] - window) // stride + 1
+  views = [xp[:, di:di + stride * (ho - 1) + 1:stride, dj:dj + stride * (wo - 1) + 1:stride]
+           for di in range(window) for dj in range(window)]
+  return functools.reduce(jnp.maximum, views)
 
 
-def _max_pool_fwd(x, window, stride, pads):
-  y = _window_max(x, window, stride, pads)
-  return y, (x, y)
+def _custom_vjp_pool(forward):
+  """``forward`` with PyTorch's max-pool gradient (``_max_pool_bwd``). One function object per
+  forward form, so jax's trace caches never hand one form to the other."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+  def pool(x, window, stride, pads):
+    return forward(x, window, stride, pads)
+
+  def pool_fwd(x, window, stride, pads):
+    y = forward(x, window, stride, pads)
+    return y, (x, y)
+
+  pool.defvjp(pool_fwd, _max_pool_bwd)
+  return pool
 
 
 def _max_pool_bwd(window, stride, pads, res, g):
@@ -272,7 +284,8 @@ def _max_pool_bwd(window, stride, pads, res, g):
   return (dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :],)
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool = _custom_vjp_pool(_window_max)
+_max_pool_portable = _custom_vjp_pool(_window_max_slices)
 
 
 def global_avg_pool(x: Array) -> Array:
