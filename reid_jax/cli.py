@@ -1,5 +1,5 @@
 """The one error policy of reid_jax's command lines (``reid_jax.main``, ``prepare``, ``extract``,
-``convert``).
+``convert``, ``export``).
 
 ``run(main)`` is ``absl.app.run(main)`` that turns user mistakes into one ``error: ...`` paragraph
 on stderr and exit status 2, without a Python traceback:

@@ -22,19 +22,41 @@ from typing import Iterable
 import numpy as np
 
 FLIPS = ('none', 'sum', 'mean')
+INPUT_DTYPES = ('uint8', 'float32')  # FeatureExtractor.function: pixels, or normalised images
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.bmp')
 _MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')
 
 
-def _combine(embed, images, flip):
-  """``embed(images)``, combined with the features of the mirrored images by ``flip``. Part
-  features: see ``reid_jax.evaluation.features.combine_flip`` (visibility OR / max)."""
+def eval_features(embed, images, flip: str = 'none', normalize: bool = False):
+  """The test feature of ``images`` under ``config.eval``: the one definition that evaluation,
+  ``reid_jax.FeatureExtractor``, ``reid_jax.extract`` and ``reid_jax.export`` share.
+
+  Args:
+    embed: ``images -> output``, the eval-mode network (``models.embed``): an array ``[B, D]``,
+      or for part-based methods a dict ``{'feat': [B, P, D], 'visibility': [B, P]}``.
+    images: ``[B, H, W, 3]`` float32, normalised.
+    flip: ``'none'``, or ``'sum'`` / ``'mean'`` with the horizontally mirrored images
+      (``reid_jax.evaluation.features.combine_flip``: part visibility OR / max).
+    normalize: L2-normalise the feature over its last axis (per part for ``[B, P, D]``).
+
+  Returns ``embed``'s structure with float32 floating values: the feature, or the dict with its
+  ``'feat'`` combined and normalised and its other entries combined.
+  """
+  if flip not in FLIPS:
+    raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
   from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
-  f = embed(images)
-  if flip == 'none':
-    return f
-  g = embed(images[:, :, ::-1, :])  # horizontal flip of NHWC
-  return feature_lib.combine_flip(f, g, flip)
+
+  def run(x):  # float32 features whatever the compute dtype (a bfloat16 model's too)
+    return jax.tree.map(
+        lambda a: a.astype(jnp.float32) if jnp.issubdtype(a.dtype, jnp.floating) else a, embed(x))
+
+  out = run(images)
+  if flip != 'none':
+    out = feature_lib.combine_flip(out, run(images[:, :, ::-1, :]), flip)  # mirror of NHWC
+  return feature_lib.normalize(out) if normalize else out
 
 
 def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
@@ -44,9 +66,10 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
 
   Each batch is a dict ``{'image': [B, H, W, 3] float32 (normalised), 'pid': [B], 'camid': [B],
   'valid': [B] bool}`` (``valid`` optional; padding rows are dropped). The feature is
-  ``reid_jax.models.embed`` (eval mode), optionally combined with the horizontally flipped image
-  (``flip='sum'`` as fast-reid/torchreid add them, ``'mean'`` averages), then optionally
-  L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int, camids [N] int)``, plus the
+  ``eval_features`` of ``reid_jax.models.embed`` (eval mode): optionally combined with the
+  horizontally flipped image (``flip='sum'`` as fast-reid/torchreid add them, ``'mean'``
+  averages), then optionally L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int,
+  camids [N] int)`` (``feats`` a dict of ``[N, ...]`` arrays for part-based methods), plus the
   batches' record ``index [N]`` with ``with_index``. A tqdm bar shows when ``progress`` is True,
   or when None and stderr is a terminal.
 
@@ -56,6 +79,7 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
   """
   if flip not in FLIPS:
     raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
+  import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
   from tqdm import tqdm  # noqa: PLC0415
 
@@ -71,7 +95,7 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     images = jnp.asarray(batch['image'], jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"batch['image'] must be [B, H, W, 3], got {images.shape}")
-    f = feature_lib.to_host(_combine(lambda x: embed(model, x), images, flip))
+    f = feature_lib.to_host(eval_features(lambda x: embed(model, x), images, flip, normalize))
     n = feature_lib.num_rows(f)
     valid = np.asarray(batch.get('valid', np.ones(n, bool)), bool)
     feats.append(feature_lib.map_rows(lambda a, v=valid: a[v], f))
@@ -80,10 +104,8 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     index.append(np.asarray(batch.get('index', np.full(n, -1)))[valid])
   if not feats:
     raise ValueError('batches is empty')
-  feats = feature_lib.concatenate(feats)
-  if normalize:
-    feats = feature_lib.normalize(feats)
-  out = (feats, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
+  out = (feature_lib.concatenate(feats), np.concatenate(pids).astype(np.int64),
+         np.concatenate(camids).astype(np.int64))
   return out + (np.concatenate(index).astype(np.int64),) if with_index else out
 
 

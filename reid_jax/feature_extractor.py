@@ -27,7 +27,7 @@ import numpy as np
 from flax import nnx
 
 from reid_jax.evaluation import features as feature_lib
-from reid_jax.extract import FLIPS, _combine
+from reid_jax.extract import FLIPS, INPUT_DTYPES, eval_features
 
 
 def load_config(path: str):
@@ -86,17 +86,45 @@ class FeatureExtractor:
     self.transform = Augment.from_config(config.input, train=False)
     model = ckpt_lib.restore_model(config.model, checkpoint, step=step)
     model.eval()
-    self._graphdef, self._state = nnx.split(model)
+    self._graphdef, self.state = nnx.split(model)
     self.traces = 0  # how many times the network function was traced (one per batch shape)
-    flip, normalize = config.eval.flip, bool(config.eval.normalize)
+    network = self.function('float32')
 
     def features(state, images):
       self.traces += 1
-      net = nnx.merge(self._graphdef, state)
-      f = _combine(net, images, flip)
-      return feature_lib.normalize(f) if normalize else f
+      return network(state, images)
 
     self._features = jax.jit(features)
+
+  @property
+  def image_size(self) -> tuple[int, int]:
+    """``(H, W)`` of the network input (``config.input.size``)."""
+    return tuple(int(v) for v in self.config.input.size)
+
+  def function(self, input_dtype: str = 'float32'):
+    """The test-time feature as a pure function ``f(state, images)`` of the weights
+    (``self.state``) and a batch ``images [B, H, W, 3]`` at ``image_size``, for ``jax.jit``,
+    ``jax.export`` and ``reid_jax.export``.
+
+    ``input_dtype='float32'``: images prepared as ``prepare`` does (normalised);
+    ``'uint8'``: RGB pixels 0..255, normalised inside as ``(x / 255 - mean) / std`` with
+    ``config.input.mean``/``std`` (the test transform without its resize). The output is
+    ``eval_features``: ``[B, D]`` float32, or a part-based method's dict.
+    """
+    if input_dtype not in INPUT_DTYPES:
+      raise ValueError(f'input dtype must be one of {INPUT_DTYPES}, got {input_dtype!r}')
+    graphdef = self._graphdef
+    flip, normalize = self.config.eval.flip, bool(self.config.eval.normalize)
+    mean = np.asarray(self.config.input.mean, np.float32)
+    std = np.asarray(self.config.input.std, np.float32)
+
+    def features(state, images):
+      if input_dtype == 'uint8':
+        images = (images.astype(jnp.float32) / np.float32(255) - mean) / std
+      net = nnx.merge(graphdef, state)  # in eval mode, as it was split
+      return eval_features(net, images, flip, normalize)
+
+    return features
 
   def prepare(self, images: Iterable[Any], start: int = 0) -> np.ndarray:
     """The network inputs ``[N, H, W, 3]`` float32 of ``images`` (resized, normalised); errors
@@ -118,8 +146,9 @@ class FeatureExtractor:
       if padded > len(chunk):
         chunk = np.concatenate([chunk, np.zeros((padded - len(chunk), *chunk.shape[1:]),
                                                 chunk.dtype)])
-      f = feature_lib.to_host(self._features(self._state, jnp.asarray(chunk, jnp.float32)))
-      out.append(feature_lib.map_rows(lambda a, m=min(self.batch_size, n - i): a[:m], f))
+      rows = min(self.batch_size, n - i)
+      f = feature_lib.to_host(self._features(self.state, jnp.asarray(chunk, jnp.float32)))
+      out.append(feature_lib.map_rows(lambda a, rows=rows: a[:rows], f))
     return feature_lib.concatenate(out)
 
   def __call__(self, images: Iterable[Any]):

@@ -1,4 +1,6 @@
-"""ReID losses with the PyTorch formulas of the official code (methods.md §0.2, §1.2).
+"""ReID losses with the PyTorch formulas of the official code (BoT's ``layers/triplet_loss.py`` and
+``layers/center_loss.py`` in michuanhaohao/reid-strong-baseline; Luo et al., "Bag of Tricks and a
+Strong Baseline for Deep Person Re-identification", CVPRW 2019).
 
 All functions are pure and jittable. Features are ``[B, D]``, logits ``[B, C]``, integer labels
 ``[B]``. Every loss returns a float32 scalar.

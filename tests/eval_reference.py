@@ -1,6 +1,7 @@
 """Independent NumPy references of the evaluation protocols (test oracles).
 
-Written from the protocol definitions in reid-protocols.md §2, one query at a time, with a stable
+Written from the protocol definitions (Market-1501 as torchreid ``torchreid/metrics/rank.py`` and
+BoT ``data/datasets/eval_reid.py`` evaluate it), one query at a time, with a stable
 argsort (ties broken by gallery index). Not used by the library.
 """
 
@@ -56,7 +57,8 @@ def ref_distance(q, g, metric):
 
 
 def ref_re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3, square=True):
-  """Classic k-reciprocal re-ranking (Zhong et al. 2017), steps 1-8 of reid-protocols.md §2.6.
+  """Classic k-reciprocal re-ranking (Zhong et al., CVPR 2017; zhunzhong07/person-re-ranking
+  ``python-version/re_ranking_ranklist.py``), steps 1-8 of ``reid_jax.evaluation.rerank``.
 
   Dense N x N, one row at a time, float32 like the original. Inputs are distances; ``square``
   squares them first as the original implementation does.

@@ -1,6 +1,6 @@
-"""APNet (methods.md §2): parity with a PyTorch reference written from the spec
-(tests/torch_reference_apnet.py), official checkpoint import (``base_k`` aliases), APNet-S against
-a NumPy reference of its documented design (docs/apnet.md), the config and the registry.
+"""APNet (Chen et al., TIP 2021; CHENGY12/APNet): parity with a PyTorch reference written from the
+spec (tests/torch_reference_apnet.py), official checkpoint import (``base_k`` aliases), APNet-S
+against a NumPy reference of its documented design (docs/apnet.md), the config and the registry.
 
 Parity bound: max |diff| <= 1e-4 * max |reference| in float32, random weights and BN statistics.
 """
@@ -71,7 +71,8 @@ def load_config_file(arg=None):
 
 # ------------------------------------------------------------------------------- reference sanity
 def test_reference_key_counts_match_the_official_layout():
-  # methods.md §2.8 [checked]: level 2 -> 722 state_dict entries, level 1 -> 652.
+  # The official model (CHENGY12/APNet modeling/baseline.py) has 722 state_dict entries at
+  # level 2 and 652 at level 1 (counted by instantiating it).
   assert len(TorchAPNet(751, level=2).state_dict()) == 722
   assert len(TorchAPNet(751, level=1).state_dict()) == 652
 
@@ -323,7 +324,8 @@ def test_default_config_is_the_published_recipe():
       'adam', 4e-4, 1e-3, 1e-3, 1.0)
   assert o.step_at == 'epoch_end' and c.num_epochs == 160
   assert (c.eval.flip, c.eval.normalize, c.eval.metric) == ('sum', True, 'euclidean')
-  # methods.md §2.4 [checked] per-epoch lr (1-based epochs).
+  # Per-epoch lr (1-based epochs) of CHENGY12/APNet's WarmupMultiStepLR (solver/lr_scheduler.py)
+  # stepped at epoch end (engine/trainer.py).
   lrs = optim.epoch_learning_rates(c.optim, c.num_epochs)
   expected = {1: 4e-6, 2: 4.36e-5, 10: 3.6e-4, 11: 4e-4, 40: 4e-4, 41: 4e-5, 80: 4e-5, 81: 4e-6,
               120: 4e-6, 121: 4e-7, 160: 4e-7}

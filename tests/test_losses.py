@@ -1,4 +1,5 @@
-"""Losses against the PyTorch formulas of the official code (methods.md §0.2 #7-8, §1.2) and hand
+"""Losses against the PyTorch formulas of the official code (BoT's ``layers/triplet_loss.py`` and
+``layers/center_loss.py``, michuanhaohao/reid-strong-baseline) and hand
 computed values."""
 
 import math

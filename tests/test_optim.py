@@ -1,4 +1,5 @@
-"""Learning-rate tables of the official recipes (methods.md §1.3, §2.4) and optimizer steps
+"""Learning-rate tables of the official recipes (BoT's and APNet's ``solver/lr_scheduler.py`` and
+``configs``) and optimizer steps
 against torch.optim."""
 
 import ml_collections
@@ -23,7 +24,8 @@ def apnet_optim():
 
 def test_bot_epoch_table():
   lrs = optim.epoch_learning_rates(bot_optim(), 120)
-  # methods.md §1.3 (1-based epochs): 1: 3.82e-5, 2: 7.28e-5, 9: 3.15e-4, 10-39: 3.5e-4,
+  # BoT (configs/softmax_triplet_with_center.yml, stepped at epoch start; 1-based epochs):
+  # 1: 3.82e-5, 2: 7.28e-5, 9: 3.15e-4, 10-39: 3.5e-4,
   # 40-69: 3.5e-5, 70-120: 3.5e-6. lr_e = 3.5e-4 * (0.01 + 0.99 e / 10) for e < 10.
   np.testing.assert_allclose(lrs[0], 3.815e-5, rtol=1e-9)
   np.testing.assert_allclose(lrs[1], 7.28e-5, rtol=1e-9)
@@ -37,7 +39,8 @@ def test_bot_epoch_table():
 
 def test_apnet_epoch_table():
   lrs = optim.epoch_learning_rates(apnet_optim(), 160)
-  # methods.md §2.4: 1: 4e-6, 2: 4.36e-5, ..., 10: 3.6e-4, 11-40: 4e-4, 41-80: 4e-5,
+  # APNet (configs/default.yml, stepped at epoch end):
+  # 1: 4e-6, 2: 4.36e-5, ..., 10: 3.6e-4, 11-40: 4e-4, 41-80: 4e-5,
   # 81-120: 4e-6, 121-160: 4e-7.
   np.testing.assert_allclose(lrs[0], 4e-6, rtol=1e-9)
   np.testing.assert_allclose(lrs[1], 4.36e-5, rtol=1e-9)

@@ -5,7 +5,8 @@
   fast-reid's ``ceil_mode`` stem pool and IBN-a.
 * ``TorchBoT``: reid-strong-baseline's head (GAP -> BNNeck with frozen zero bias -> bias-free
   classifier); train returns ``(logits, global_feat)``, eval returns the test feature.
-Attribute names reproduce the official state_dict keys (methods.md §0.3, §1.6).
+Attribute names reproduce the official state_dict keys (torchvision ``models/resnet.py``; BoT's
+``modeling/baseline.py``).
 """
 
 from __future__ import annotations

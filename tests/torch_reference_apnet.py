@@ -1,8 +1,9 @@
-"""PyTorch reference APNet-C written for the parity tests from methods.md §2 (not from the official
+"""PyTorch reference APNet-C written for the parity tests from the paper (Chen et al., TIP 2021) and
+the module layout of CHENGY12/APNet ``modeling/baseline.py`` (not from the official
 code): the BoT backbone regrouped into five stages, after each stage the pyramid
 ``[SAMS -> frozen-bias BN2d] per split level (finest first) -> SE``, then the BoT head.
 
-Module names reproduce the official state_dict (§2.8), including the ``base_1`` .. ``base_5``
+Module names reproduce the official state_dict, including the ``base_1`` .. ``base_5``
 duplicates: the stage groups are ``nn.Sequential`` wrappers of the very modules of ``base``, so
 ``state_dict()`` lists each backbone tensor twice.
 """
@@ -17,7 +18,7 @@ from tests.torch_reference import TorchResNet
 
 
 class TorchSE(nn.Module):
-  """§2.2 SELayer: GAP -> Linear(C, hidden, no bias) -> ReLU -> Linear(hidden, C, no bias) ->
+  """SELayer: GAP -> Linear(C, hidden, no bias) -> ReLU -> Linear(hidden, C, no bias) ->
   sigmoid; returns the attention ``(B, C, 1, 1)``. Keys ``fc.0.weight``, ``fc.2.weight``."""
 
   def __init__(self, channels, hidden):
@@ -30,7 +31,7 @@ class TorchSE(nn.Module):
 
 
 class TorchSAMS(nn.Module):
-  """§2.2 SAMS with ``r`` splits of ``G = C / r`` contiguous channels:
+  """SAMS with ``r`` splits of ``G = C / r`` contiguous channels:
   ``u = sum_i x_i``; ``z = relu(bn1(fc1(GAP(u))))`` (1x1 convs with bias, inter = max(C r // 4,
   32)); ``a = softmax over the split axis of fc2(z)`` viewed as (B, r, G); out = concat a_i x_i."""
 

@@ -162,7 +162,8 @@ def block_keys(prefix: str, block) -> KeyMap:
 
 @register(ResNet)
 def resnet_keys(model: ResNet, prefix: str = '') -> KeyMap:
-  """torchvision ResNet layout (methods.md §0.3); ``fc.*`` has no counterpart and stays unused."""
+  """torchvision ResNet layout (``torchvision/models/resnet.py``, also the ``resnet.py`` of BoT,
+  APNet, MPN and SAN); ``fc.*`` has no counterpart and stays unused."""
   out = {**conv_keys(prefix + 'conv1.', model.conv1), **bn_keys(prefix + 'bn1.', model.bn1)}
   for li in range(1, 5):
     for bi, block in enumerate(getattr(model, f'layer{li}')):
@@ -190,7 +191,8 @@ def _apnet_level_names(level: int, k: int) -> tuple[str, str]:
 
 @register(APNet)
 def apnet_keys(model: APNet) -> KeyMap:
-  """CHENGY12/APNet checkpoint (methods.md §2.8): ``base.*`` (§0.3), per stage k = 1..5
+  """CHENGY12/APNet checkpoint (``modeling/baseline.py``): ``base.*`` (torchvision ResNet), per
+  stage k = 1..5
   ``att{k}.fc.{0,2}.weight`` (SE), ``att_s{k}.{fc1,bn1,fc2}.*`` + ``BN{k}.bottleneck2.*`` (level 2),
   ``att_ss{k}.*`` + ``BN_{k}.*`` (level 3), then ``bottleneck.*`` and ``classifier.weight``. The
   ``base_1.*`` ... ``base_5.*`` duplicates are declared in ``apnet_aliases``."""

@@ -186,7 +186,7 @@ def _maybe_workers(ds, config_input):
   if not config_input.workers:
     return ds
   # grain 0.2.18's mp_prefetch reads an absl flag and fails outside absl.app unless the flags
-  # count as parsed (jax-stack.md B.3 gotchas; fixed upstream in grain PR #1362).
+  # count as parsed (fixed upstream in grain PR #1362).
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()

@@ -5,7 +5,8 @@
 record indices of one identity, the P identities distinct.
 
 ``'pk'`` (``epoch_plan``, ``PKPlan``; BoT, APNet, SAN): each epoch is a pure function of
-``(labels, p, k, seed, epoch)`` (methods.md §0.2 #9):
+``(labels, p, k, seed, epoch)`` (``RandomIdentitySampler`` of BoT's
+``data/samplers/triplet_sampler.py``, michuanhaohao/reid-strong-baseline):
   1. each identity's image list is shuffled, or drawn with replacement up to K when it has fewer
      than K images, and cut into chunks of K (a remainder shorter than K is dropped);
   2. while at least P identities still have chunks, P of them are drawn without replacement and

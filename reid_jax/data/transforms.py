@@ -1,5 +1,8 @@
-"""Per-example augmentations of the ReID recipes (NumPy + PIL), methods.md §0.2 #10, §1.3, §2.4,
-§3.4, §4.5.
+"""Per-example augmentations of the ReID recipes (NumPy + PIL): BoT's and APNet's
+``data/transforms/build.py`` and ``transforms.py`` (michuanhaohao/reid-strong-baseline,
+CHENGY12/APNet), MPN's ``train_mpn_no_ca.py`` (WangKan0128/MPN), SAN's torchreid
+``torchreid/transforms.py``; random erasing as Zhong et al., "Random Erasing Data Augmentation"
+(AAAI 2020).
 
 Images are uint8 ``[H, W, 3]`` until normalisation, float32 afterwards. Random parameters are
 drawn from a ``np.random.Generator`` in a fixed order (flip, translation/crop, erasing), so an

@@ -1,6 +1,7 @@
 """Pairwise distances between query and gallery features.
 
-Vector features ``[N, D]`` (reid-protocols.md §2.3-2.4):
+Vector features ``[N, D]``, conventions of torchreid ``torchreid/metrics/distance.py``, fast-reid
+``fastreid/utils/compute_dist.py`` and BoT ``utils/reid_metric.py``:
   'sqeuclidean'  ||q - g||^2 = |q|^2 + |g|^2 - 2 q.g, clamped at 0 (BoT/TransReID/torchreid 'euclidean').
   'euclidean'    sqrt of the above, clamped at 1e-12 before the sqrt (torchreid/fast-reid style).
   'cosine'       1 - cos(q, g) on L2-normalised features (fast-reid default), clipped to [0, 2].

@@ -1,6 +1,7 @@
 """CMC / mAP / mINP on device, by counting ranks of positives instead of sorting gallery rows.
 
-Protocol (Market-1501 / torchreid / fast-reid, reid-protocols.md §2.1-2.5):
+Protocol (Market-1501 as torchreid ``torchreid/metrics/rank.py::eval_market1501`` and fast-reid
+``fastreid/evaluation/rank.py`` evaluate it):
   * for each query, gallery items with the same pid AND the same camid are dropped (junk);
   * gallery items with pid < 0 are junk and dropped; pid 0 (distractors) are ordinary negatives;
   * a query without a remaining positive (or with pid < 0) is skipped (not in any mean);
@@ -469,7 +470,7 @@ def _cuhk03_cmc(d, q_pid, q_cam, g_pid, g_cam, g_uid, key, *, num_repeats, max_r
 
 def cuhk03_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *,
                    num_repeats: int = 10, seed: int = 0, ap: str = 'step') -> dict[str, Any]:
-  """Classic CUHK03 single-gallery-shot CMC (torchreid ``eval_cuhk03``, reid-protocols.md §2.2).
+  """Classic CUHK03 single-gallery-shot CMC (torchreid ``torchreid/metrics/rank.py::eval_cuhk03``).
 
   Same junk rule as :func:`rank_metrics`. For each valid query and each of ``num_repeats``
   repeats, one gallery image per identity is drawn uniformly (seeded by ``seed``; torchreid's draw

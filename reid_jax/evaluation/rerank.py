@@ -1,6 +1,7 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) on device from top-k neighbour lists.
 
-Same result as the classic NumPy implementation (reid-protocols.md §2.6, steps 1-8) to float32
+Same result as the classic NumPy implementation (zhunzhong07/person-re-ranking
+``python-version/re_ranking_ranklist.py``, steps 1-8 below) to float32
 rounding, without its N x N arrays (N = Q + G):
 
   1. ``original_dist = D**2`` (``square=True``, the original code squares its input distances),

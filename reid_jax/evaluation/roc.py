@@ -1,4 +1,4 @@
-"""Verification ROC: TPR at fixed FPR, the standard way (reid-protocols.md §2.3).
+"""Verification ROC: TPR at fixed FPR, the standard way (fast-reid ``fastreid/evaluation/roc.py``).
 
 Pairs (query i, gallery j), with the ranking protocol's junk rule: gallery pid < 0 and same-pid
 same-camera pairs are dropped, queries with pid < 0 are dropped. Genuine = same pid, impostor =

@@ -1,4 +1,5 @@
-"""APNet, "Person Re-identification via Attention Pyramid" (Chen et al., TIP 2021). methods.md §2.
+"""APNet, "Person Re-identification via Attention Pyramid" (Chen et al., TIP 2021); official code
+CHENGY12/APNet ``modeling/baseline.py``.
 
 A BoT network (ResNet-50, last stride 1, no stem ReLU, BNNeck head) with an attention pyramid after
 each of the five backbone groups ``[stem, layer1, layer2, layer3, layer4]`` (64, 256, 512, 1024,

@@ -5,6 +5,8 @@ All tensors are channels-last: images and maps are ``[B, H, W, C]``, vectors ``[
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 
 import jax
@@ -38,6 +40,18 @@ def torch_default_uniform(fan_in: int) -> nnx.Initializer:
   return init
 
 
+class Conv(nnx.Conv):
+  """``nnx.Conv`` with flax's own ``__call__`` bound to this class.
+
+  ONNX export (jax2onnx, ``reid_jax.export``) swaps ``nnx.Conv.__call__`` for a shim of its own
+  while it traces, and that shim fails on explicit padding pairs (it passes flax's padding list
+  as an unhashable primitive parameter). Defined here, the call stays flax's: the trace holds the
+  plain ``lax.conv_general_dilated``, which the exporter converts. Same variables, so checkpoints
+  are unchanged.
+  """
+  __call__ = nnx.Conv.__call__
+
+
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
          padding: int | None = None, use_bias: bool = False, rngs: nnx.Rngs,
          kernel_init: nnx.Initializer | None = None, dtype=None) -> nnx.Conv:
@@ -47,7 +61,7 @@ def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int =
   """
   pad = kernel_size // 2 if padding is None else padding
   fan_in = in_features * kernel_size * kernel_size
-  return nnx.Conv(
+  return Conv(
       in_features, out_features, (kernel_size, kernel_size), strides=(stride, stride),
       padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       kernel_init=kernel_init or kaiming_normal_fan_out(),
@@ -180,7 +194,29 @@ def max_pool(x: Array, window: int = 3, stride: int = 2, padding: int = 1,
       out = eff // stride + 1
     extra = max((out - 1) * stride + window - (size + 2 * padding), 0)
     pads.append((padding, padding + extra))
-  return _max_pool(x, window, stride, tuple(pads))
+  pool = _max_pool_portable if _PORTABLE_POOL.get() else _max_pool
+  return pool(x, window, stride, tuple(pads))
+
+
+_PORTABLE_POOL = contextvars.ContextVar('reid_jax_portable_pool', default=False)
+
+
+@contextlib.contextmanager
+def portable_max_pool():
+  """Within this context ``max_pool`` is traced as the maximum of ``window**2`` strided slices of
+  the -inf-padded input instead of one ``reduce_window`` (the same values, exactly).
+
+  For ONNX export: jax2onnx turns a ``reduce_window`` over ``[B, H, W, C]`` into a ``MaxPool``
+  with four spatial axes, which ONNX Runtime rejects ("Unsupported pooling size"); slices and
+  elementwise maxima run anywhere. Training and evaluation keep ``reduce_window``. The form is
+  chosen when a function is traced: a function jitted before (or inside) the context keeps the
+  form of its first trace, so export traces a fresh function.
+  """
+  token = _PORTABLE_POOL.set(True)
+  try:
+    yield
+  finally:
+    _PORTABLE_POOL.reset(token)
 
 
 def _window_max(x, window, stride, pads):
@@ -188,14 +224,30 @@ def _window_max(x, window, stride, pads):
                                (1, stride, stride, 1), ((0, 0), pads[0], pads[1], (0, 0)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool(x, window, stride, pads):
-  return _window_max(x, window, stride, pads)
+def _window_max_slices(x, window, stride, pads):
+  """``_window_max`` as the maximum of ``window**2`` strided slices of the padded input."""
+  xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)), constant_values=-jnp.inf)
+  ho = (xp.shape[1] - window) // stride + 1
+  wo = (xp.shape[2] - window) // stride + 1
+  views = [xp[:, di:di + stride * (ho - 1) + 1:stride, dj:dj + stride * (wo - 1) + 1:stride]
+           for di in range(window) for dj in range(window)]
+  return functools.reduce(jnp.maximum, views)
 
 
-def _max_pool_fwd(x, window, stride, pads):
-  y = _window_max(x, window, stride, pads)
-  return y, (x, y)
+def _custom_vjp_pool(forward):
+  """``forward`` with PyTorch's max-pool gradient (``_max_pool_bwd``). One function object per
+  forward form, so jax's trace caches never hand one form to the other."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+  def pool(x, window, stride, pads):
+    return forward(x, window, stride, pads)
+
+  def pool_fwd(x, window, stride, pads):
+    y = forward(x, window, stride, pads)
+    return y, (x, y)
+
+  pool.defvjp(pool_fwd, _max_pool_bwd)
+  return pool
 
 
 def _max_pool_bwd(window, stride, pads, res, g):
@@ -233,7 +285,8 @@ def _max_pool_bwd(window, stride, pads, res, g):
   return (dxp[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w, :],)
 
 
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+_max_pool = _custom_vjp_pool(_window_max)
+_max_pool_portable = _custom_vjp_pool(_window_max_slices)
 
 
 def global_avg_pool(x: Array) -> Array:
