@@ -4,7 +4,7 @@ settings, for a dynamic batch, uint8 and float32 inputs, vector methods (BoT, MP
 part-based one (a tiny dummy method defined here returning ``{'feat', 'visibility'}``).
 
 Reference, written here: NumPy ``(x / 255 - mean) / std``; ``models.embed`` of the images and of
-their mirror; the flip rule (features added, visibility ANDed); NumPy L2 normalisation.
+their mirror; the flip rule (features added, visibility ORed, as reid_jax.evaluation.features.combine_flip); NumPy L2 normalisation.
 Tolerance: the issue's 1e-4 of the largest feature magnitude (ONNX Runtime and TensorFlow's XLA
 run their own convolution algorithms)."""
 
@@ -136,7 +136,7 @@ def reference(model, config, images_u8):
     if config.eval.flip == 'mean':
       a['feat'] = a['feat'] / 2
     if 'visibility' in a:
-      a['visibility'] = a['visibility'] & np.asarray(b['visibility'])
+      a['visibility'] = a['visibility'] | np.asarray(b['visibility'])
   if config.eval.normalize:
     a['feat'] = a['feat'] / np.linalg.norm(a['feat'], axis=-1, keepdims=True)
   return a
