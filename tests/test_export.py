@@ -4,7 +4,8 @@ settings, for a dynamic batch, uint8 and float32 inputs, vector methods (BoT, MP
 part-based one (a tiny dummy method defined here returning ``{'feat', 'visibility'}``).
 
 Reference, written here: NumPy ``(x / 255 - mean) / std``; ``models.embed`` of the images and of
-their mirror; the flip rule (features added, visibility ORed, as reid_jax.evaluation.features.combine_flip); NumPy L2 normalisation.
+their mirror; the flip rule (features added, visibility ORed, as
+``reid_jax.evaluation.features.combine_flip``); NumPy L2 normalisation.
 Tolerance: the issue's 1e-4 of the largest feature magnitude (ONNX Runtime and TensorFlow's XLA
 run their own convolution algorithms)."""
 
