@@ -130,7 +130,7 @@ class TorchBPBreID(nn.Module):
     return emb, visibility, logits, scores, f, masks
 
 
-def test_feature(outputs, names=('bn_foreg', 'parts')):
+def torch_test_feature(outputs, names=('bn_foreg', 'parts')):
   """The engine's test embeddings ``[N, P, D]`` and visibility ``[N, P]``."""
   emb, vis = outputs[0], outputs[1]
   feats = [emb[n] if emb[n].dim() == 3 else emb[n].unsqueeze(1) for n in names]

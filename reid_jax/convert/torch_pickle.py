@@ -100,8 +100,16 @@ def _numpy_scalar(dtype, data=None):
   return np.frombuffer(bytes(data), dtype=dtype)[0]
 
 
+def _encode_bytes(text, encoding='latin1'):
+  """``_codecs.encode(str, 'latin1')``: how protocol-2 pickles spell a ``bytes`` object."""
+  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+    raise UnsafeCheckpointError('refusing _codecs.encode of anything but a latin1 string')
+  return text.encode(encoding)
+
+
 # Plain data saved next to state_dicts by training scripts, read without running their code.
 PLAIN_DATA_GLOBALS = {
+    ('_codecs', 'encode'): _encode_bytes,
     ('yacs.config', 'CfgNode'): ConfigNode,
     ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
     ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
