@@ -15,6 +15,17 @@ Every builder writes the splits ``train``, ``query`` and ``gallery`` (test-only 
 and the metadata ``num_train_ids``, ``num_cameras`` and ``skipped_corrupt`` (file names of the
 images skipped with ``skip_corrupt=True``).
 
+Optional per-image attachments, from folders that mirror the image tree (``_attach``):
+
+* ``parsing_fields`` (``parsing_dir``): ``Tensor(shape=(None, None, 36), uint8, zlib)``, BPBreID's
+  36 PifPaf label fields quantised to ``round(255 * v)`` (metadata ``parsing_dir``),
+* ``texture`` (``texture_dir``): ``Image(shape=(None, None, 3), png)``, SAN's texture resized to
+  ``texture_size`` square, and ``texture_valid`` (bool; False where ``missing_texture='skip'``
+  found none and a 1x1 black placeholder is stored; metadata ``num_missing_textures``).
+
+A dataset built with attachments records them in its ``features.json``; reading it back restores
+the same features without the build arguments.
+
 A concrete builder only lists its raw records (:meth:`ReidBuilder._list_records`); checking the
 layout, decoding every image once, relabelling, comparing with the published statistics and writing
 is done here, the same way for every dataset.
@@ -24,6 +35,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
+import json
 import os
 import re
 import warnings
@@ -34,6 +47,8 @@ from etils import epath
 import numpy as np
 from PIL import Image as PILImage
 import tensorflow_datasets as tfds
+
+from reid_jax_datasets import _attach
 
 JUNK_PID = -1
 ALL_SPLITS = ('train', 'query', 'gallery')
@@ -296,6 +311,13 @@ class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registra
       in the metadata ``skipped_corrupt`` and logged); if False (default) the build stops with a
       ``CorruptImageError`` naming the file.
     num_workers: threads used to decode-check the images (default: the CPU count).
+    parsing_dir: folder of BPBreID's label files mirroring the image tree (``_attach``); adds the
+      ``parsing_fields`` feature. Every image needs one.
+    texture_dir: folder of texture images mirroring the image tree; adds ``texture`` and
+      ``texture_valid``.
+    missing_texture: 'error' (default): an image without a texture stops the build, naming it;
+      'skip': such images get a placeholder and ``texture_valid=False``.
+    texture_size: side the textures are resized to (default 256, SAN's decoder output).
   """
 
   VERSION = tfds.core.Version('1.0.0')
@@ -308,14 +330,27 @@ class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registra
   HOMEPAGE: ClassVar[str] = ''
   # Published sizes: {config name (None for builders without configs): {split: Published}}.
   PUBLISHED: ClassVar[Mapping[str | None, Mapping[str, Published]]] = {}
+  # Texture folders named differently from the image folders ({image folder: texture folder}).
+  TEXTURE_RENAMES: ClassVar[Mapping[str, str]] = {}
 
   def __init__(self, *, check_counts: str = 'warn', skip_corrupt: bool = False,
-               num_workers: int | None = None, **kwargs):
+               num_workers: int | None = None, parsing_dir: str | os.PathLike | None = None,
+               texture_dir: str | os.PathLike | None = None, missing_texture: str = 'error',
+               texture_size: int = 256, **kwargs):
     if check_counts not in CHECK_MODES:
       raise ValueError(f'check_counts={check_counts!r}; expected one of {CHECK_MODES}.')
+    if missing_texture not in _attach.MISSING_TEXTURE:
+      raise ValueError(f'missing_texture={missing_texture!r}; expected one of '
+                       f'{_attach.MISSING_TEXTURE}.')
+    if int(texture_size) < 1:
+      raise ValueError(f'texture_size={texture_size}; expected a positive side in pixels.')
     self._check_counts = check_counts
     self._skip_corrupt = bool(skip_corrupt)
     self._num_workers = num_workers or os.cpu_count() or 1
+    self._parsing_dir = os.fspath(parsing_dir) if parsing_dir else None
+    self._texture_dir = os.fspath(texture_dir) if texture_dir else None
+    self._missing_texture = missing_texture
+    self._texture_size = int(texture_size)
     super().__init__(**kwargs)
 
   # -- to implement ------------------------------------------------------------------------------
@@ -326,16 +361,25 @@ class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registra
 
   # -- TFDS hooks --------------------------------------------------------------------------------
 
+  def attachments(self) -> tuple[str, ...]:
+    """The optional features of this build: from the build arguments, else (reading a prepared
+    dataset) from the features it was built with."""
+    if self._parsing_dir or self._texture_dir:
+      return (('parsing_fields',) if self._parsing_dir else ()) + (
+          ('texture', 'texture_valid') if self._texture_dir else ())
+    return tuple(f for f in ATTACHMENT_FEATURES if f in stored_features(self.data_path))
+
   def _info(self) -> tfds.core.DatasetInfo:
+    features = {
+        'image': tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
+        'pid': np.int32,
+        'camid': np.int32,
+        'label': np.int32,
+        'filename': tfds.features.Text(),
+    }
+    features.update({k: ATTACHMENT_FEATURES[k]() for k in self.attachments()})
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(None, None, 3),
-                                         encoding_format=self.IMAGE_FORMAT),
-            'pid': np.int32,
-            'camid': np.int32,
-            'label': np.int32,
-            'filename': tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(features),
         homepage=self.HOMEPAGE or None,
         citation=readme_citation(type(self)),
         metadata=tfds.core.MetadataDict(num_cameras=self.NUM_CAMERAS, num_train_ids=0,
@@ -371,29 +415,86 @@ class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registra
     if skipped:
       logging.warning('%s: skipped %d corrupt images: %s', self.display_name,
                       len(skipped), ', '.join(skipped[:20]))
+    self._attached = self._find_attachments(checked)
     labels = relabel([c.record for c in checked.get('train', [])])
     self.info.metadata['num_train_ids'] = len(labels)
     self.info.metadata['skipped_corrupt'] = skipped
     logging.info('%s: %s', self.display_name, ', '.join(
         f'{s} {len(c)} images / {count_ids([x.record for x in c])} ids'
         for s, c in checked.items()))
-    return {split: self._generate_examples(checked[split], labels if split == 'train' else None)
+    return {split: self._generate_examples(checked[split], labels if split == 'train' else None,
+                                           self._attached[split])
             for split in self.SPLITS}
 
-  def _generate_examples(self, checked: Sequence[_Checked], labels: Mapping[int, int] | None):
+  def _generate_examples(self, checked: Sequence[_Checked], labels: Mapping[int, int] | None,
+                         attached: Mapping[str, Mapping[str, str | None]]):
     for c in checked:
       r = c.record
       if c.as_is:
         image = r.source
       else:  # stored in another format/mode (e.g. .tif, grey JPEG, .mat array): re-encode
         image = load_rgb(r.source)[0]
-      yield r.filename, {
+      example = {
           'image': image,
           'pid': r.pid,
           'camid': r.camid,
           'label': labels[r.pid] if labels is not None else -1,
           'filename': r.filename,
       }
+      files = attached.get(r.filename, {})
+      if 'parsing_fields' in files:
+        example['parsing_fields'] = _attach.load_fields(files['parsing_fields'])
+      if 'texture' in files:
+        path = files['texture']
+        texture = (_attach.load_texture(path, self._texture_size) if path is not None
+                   else np.zeros((self._texture_size,) * 2 + (3,), np.uint8))  # placeholder
+        example['texture'] = png_bytes(texture)
+        example['texture_valid'] = path is not None
+      yield r.filename, example
+
+  # -- attachments -------------------------------------------------------------------------------
+
+  def _find_attachments(self, checked: Mapping[str, Sequence[_Checked]]
+                        ) -> dict[str, dict[str, dict[str, str | None]]]:
+    """{split: {filename: {feature: file path (None: no texture, skipped)}}}; checks that every
+    image has a label file of shape (36, Hm, Wm) (header only) and a texture (unless skipped).
+
+    Raises:
+      _attach.AttachmentError: naming the missing, ambiguous or mis-shaped files.
+    """
+    out = {split: {c.record.filename: {} for c in cs} for split, cs in checked.items()}
+    lookups = []
+    if self._parsing_dir:
+      lookups.append(('parsing_fields', _attach.MirroredFiles(
+          self._parsing_dir, 'label file', '--parsing_dir', _attach.parsing_names)))
+    if self._texture_dir:
+      lookups.append(('texture', _attach.MirroredFiles(
+          self._texture_dir, 'texture', '--texture_dir', _attach.texture_names,
+          self.TEXTURE_RENAMES)))
+    for feature, lookup in lookups:
+      missing = []
+      for split, cs in checked.items():
+        for c in cs:
+          path = lookup.find(c.record.filename)
+          if path is None:
+            missing.append(c.record.filename)
+          out[split][c.record.filename][feature] = path
+      if missing and (feature != 'texture' or self._missing_texture == 'error'):
+        hint = (' (--missing_texture=skip stores such images without a texture, flagged by '
+                'texture_valid=False)') if feature == 'texture' else ''
+        raise _attach.AttachmentError(f'{self.display_name}: {lookup.missing_message(missing)}'
+                                      f'{hint}')
+      if missing:
+        logging.warning('%s: %d images have no texture under %s (texture_valid=False), e.g. %s',
+                        self.display_name, len(missing), lookup.root, ', '.join(missing[:20]))
+        self.info.metadata['num_missing_textures'] = len(missing)
+      logging.info('%s: %s from %s for %d images', self.display_name, feature, lookup.root,
+                   sum(len(v) for v in out.values()) - len(missing))
+    if self._parsing_dir:
+      paths = [f['parsing_fields'] for per_split in out.values() for f in per_split.values()]
+      with concurrent.futures.ThreadPoolExecutor(self._num_workers) as pool:
+        list(pool.map(_attach.check_fields_header, paths))  # raises on the first bad one
+    return out
 
   # -- checks ------------------------------------------------------------------------------------
 
@@ -449,6 +550,34 @@ class ReidBuilder(LocalInfoMixin, tfds.core.GeneratorBasedBuilder, skip_registra
       warnings.warn(msg, CountMismatchWarning, stacklevel=2)
       logging.warning(msg)
     return diffs
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+  """PNG bytes of a uint8 ``[H, W, 3]`` array (encoded here: TFDS would go through TensorFlow
+  for arrays)."""
+  buf = io.BytesIO()
+  PILImage.fromarray(array).save(buf, format='png', compress_level=6)
+  return buf.getvalue()
+
+
+ATTACHMENT_FEATURES = {
+    'parsing_fields': lambda: tfds.features.Tensor(
+        shape=(None, None, _attach.NUM_FIELDS), dtype=np.uint8,
+        encoding=tfds.features.Encoding.ZLIB),
+    'texture': lambda: tfds.features.Image(shape=(None, None, 3), encoding_format='png'),
+    'texture_valid': lambda: tfds.features.Scalar(dtype=np.bool_),
+}
+
+
+def stored_features(data_path: epath.PathLike) -> tuple[str, ...]:
+  """Top-level feature names recorded in a prepared dataset's ``features.json`` (empty when
+  it is not prepared)."""
+  path = epath.Path(data_path) / 'features.json'
+  try:
+    content = json.loads(path.read_text())
+  except (FileNotFoundError, NotADirectoryError, ValueError):
+    return ()
+  return tuple(content.get('featuresDict', {}).get('features', {}))
 
 
 def _fmt(n: int | None) -> str:

@@ -3,6 +3,7 @@ r"""Builds a ReID dataset into TFDS array_record files, atomically.
 Usage:
   python -m reid_jax.prepare NAME[/CONFIG] --manual_dir=DIR [--data_dir=DIR] [--skip_corrupt]
       [--check_counts=warn|strict|off] [--overwrite]
+      [--parsing_dir=DIR] [--texture_dir=DIR [--missing_texture=error|skip] [--texture_size=256]]
 
 e.g. ``python -m reid_jax.prepare market1501 --manual_dir=~/raw/market1501`` or
 ``python -m reid_jax.prepare cuhk03_np/detected --manual_dir=~/raw/cuhk03``. The result lands in
@@ -13,6 +14,10 @@ data_dir=DATA_DIR)``.
 The build runs in a temporary folder under the data dir and is renamed into place only when it has
 succeeded, so a failed or interrupted build leaves no half-written dataset behind. An existing build
 is kept (and its path returned) unless ``--overwrite``.
+
+``--parsing_dir`` / ``--texture_dir`` attach per-image files from folders mirroring the image tree
+(BPBreID's human-parsing label files, SAN's texture images; ``reid_jax_datasets._attach``,
+docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ BUILDERS = {
     'cuhk03_np': 'reid_jax_datasets.cuhk03_np',
     'msmt17': 'reid_jax_datasets.msmt17',
     'occluded_duke': 'reid_jax_datasets.occluded_duke',
+    'p_dukemtmc_reid': 'reid_jax_datasets.p_dukemtmc_reid',
     'occluded_reid': 'reid_jax_datasets.occluded_reid',
     'partial_reid': 'reid_jax_datasets.partial_reid',
     'partial_ilids': 'reid_jax_datasets.partial_ilids',
@@ -86,7 +92,8 @@ def prepare(name: str, manual_dir: str | os.PathLike | None = None,
     data_dir: TFDS data dir (default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
     overwrite: rebuild even when the dataset is already there (the old copy is replaced only once
       the new build has succeeded).
-    **builder_kwargs: passed to the builder, e.g. ``check_counts='strict'``, ``skip_corrupt=True``.
+    **builder_kwargs: passed to the builder, e.g. ``check_counts='strict'``, ``skip_corrupt=True``,
+      ``parsing_dir=DIR``, ``texture_dir=DIR``, ``missing_texture='skip'``, ``texture_size=256``.
 
   Returns:
     The built dataset's folder, ``data_dir/NAME[/CONFIG]/VERSION``.
@@ -114,6 +121,13 @@ def prepare(name: str, manual_dir: str | os.PathLike | None = None,
 
   final = epath.Path(cls(data_dir=data_dir, config=config, **builder_kwargs).data_path)
   if (final / 'dataset_info.json').exists() and not overwrite:
+    wanted = [f for f, arg in (('parsing_fields', 'parsing_dir'), ('texture', 'texture_dir'))
+              if builder_kwargs.get(arg)]
+    lacking = [f for f in wanted if f not in _common.stored_features(final)]
+    if lacking:
+      raise _common.LayoutError(
+          f'{name}: the build at {final} has no {" / ".join(lacking)} feature; rebuild it with '
+          f'the same flags and --overwrite (overwrite=True).')
     logging.info('%s: already built at %s (use overwrite=True to rebuild).', name, final)
     return os.fspath(final)
 
@@ -158,6 +172,18 @@ flags.DEFINE_enum('check_counts', 'warn', ['warn', 'strict', 'off'],
                   'Compare image/id counts with the published statistics: warn, fail (strict) '
                   'or skip (off).', flag_values=CLI_FLAGS)
 flags.DEFINE_bool('overwrite', False, 'Rebuild an already built dataset.', flag_values=CLI_FLAGS)
+flags.DEFINE_string('parsing_dir', None,
+                    "BPBreID's human-parsing label files (36 PifPaf fields per image), in a folder "
+                    'mirroring the image tree, e.g. <dataset>/masks/pifpaf_maskrcnn_filtering.',
+                    flag_values=CLI_FLAGS)
+flags.DEFINE_string('texture_dir', None,
+                    "SAN texture images, in a folder mirroring the image tree (CUHK03: the "
+                    'folder holding texture_cuhk03_labeled/).', flag_values=CLI_FLAGS)
+flags.DEFINE_enum('missing_texture', 'error', ['error', 'skip'],
+                  'An image without a texture: stop the build (error) or store it without one, '
+                  'flagged texture_valid=False (skip).', flag_values=CLI_FLAGS)
+flags.DEFINE_integer('texture_size', 256, 'Side the textures are resized to (pixels).',
+                     flag_values=CLI_FLAGS)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -174,11 +200,17 @@ def main(argv):
   fv = CLI_FLAGS
   kwargs = {}
   if issubclass(builder_class(split_name(name)[0]), _common.ReidBuilder):
-    kwargs = dict(skip_corrupt=fv.skip_corrupt, check_counts=fv.check_counts)
-  elif fv.skip_corrupt or fv.check_counts != 'warn':
-    raise UnknownDatasetError(f'{name} takes no --skip_corrupt / --check_counts.')
-  # Unknown names, a wrong --manual_dir, corrupt images and count mismatches are ValueError /
-  # FileNotFoundError subclasses: reid_jax.cli prints them as one error line (exit status 2).
+    kwargs = dict(skip_corrupt=fv.skip_corrupt, check_counts=fv.check_counts,
+                  parsing_dir=fv.parsing_dir, texture_dir=fv.texture_dir,
+                  missing_texture=fv.missing_texture, texture_size=fv.texture_size)
+  elif (fv.skip_corrupt or fv.check_counts != 'warn' or fv.parsing_dir or fv.texture_dir
+        or fv.missing_texture != 'error' or fv.texture_size != 256):
+    raise UnknownDatasetError(f'{name} takes no --skip_corrupt / --check_counts / --parsing_dir / '
+                              '--texture_dir / --missing_texture / --texture_size (it generates '
+                              'its own parsing masks and textures).')
+  # Unknown names, a wrong --manual_dir, corrupt images, count mismatches and missing or
+  # malformed label/texture files are ValueError / FileNotFoundError subclasses: reid_jax.cli
+  # prints them as one error line (exit status 2).
   path = prepare(name, fv.manual_dir, fv.data_dir, overwrite=fv.overwrite, **kwargs)
   print(path)
 

@@ -109,6 +109,11 @@ cuhk-03.mat, or instead of it images_labeled/ and images_detected/ PNG folders n
   ]
   IMAGE_FORMAT = 'png'
   HOMEPAGE = 'https://github.com/zhunzhong07/person-re-ranking'
+  # SAN's official CUHK03 texture pack mirrors images_labeled/ as texture_cuhk03_labeled/
+  # (microsoft/Semantics-Aligned-Representation-Learning-for-Person-Re-identification
+  # torchreid/dataset_loader.py); the detected analogue is assumed.
+  TEXTURE_RENAMES = {'images_labeled': 'texture_cuhk03_labeled',
+                     'images_detected': 'texture_cuhk03_detected'}
   NUM_CAMERAS = 2
   PUBLISHED = {
       'labeled': {'train': _common.Published(7_368, 767),

@@ -3,7 +3,8 @@
 Stable API (docs/input_pipeline.md):
   train_iterator(config_input, *, seed, process_index=0, process_count=1, num_epochs=None,
                  data_dir=None) -> grain iterator of dict(image [B,H,W,3] float32, label, pid,
-                 camid, epoch [B] int32, + parsing [B,H,W] uint8 / texture [B,T,T,3] on request)
+                 camid, epoch [B] int32, + parsing [B,H,W] uint8 / texture [B,T,T,3] with
+                 texture_valid [B] bool / part_masks [B,H/4,W/4,K+1] float32 on request)
   eval_batches(config_input, split, *, batch_size=None, multiple_of=1, data_dir=None)
                  -> iterator of dict(image, pid, camid, index, valid)
   dataset_info(config_input, data_dir=None) -> DatasetInfo(num_classes, num_cameras, ...)

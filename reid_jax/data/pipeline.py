@@ -27,10 +27,12 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from reid_jax.data import parts as parts_lib
 from reid_jax.data.sampler import BalancedPlan, PKPlan, PKSampler, check_sampler, make_plan
 from reid_jax.data.transforms import Augment
 
 _EXTRA_IMAGES = ('parsing', 'texture')  # optional per-record images, decoded only when asked for
+_LAZY = ('parsing', 'texture', 'parsing_fields')  # features left undecoded unless needed
 _AUGMENT_TAG = 0xA06  # keeps augmentation streams apart from the sampler's [seed, epoch] streams
 
 
@@ -56,13 +58,38 @@ def _open(config_input, data_dir):
 
 
 def _wanted(config_input, builder) -> tuple[str, ...]:
-  """Optional image features the config asks for; an error when the dataset lacks one."""
+  """Optional features to decode for what the config asks for (``parsing``, ``texture``, and the
+  part-mask source for ``parts``); an error when the dataset lacks one."""
+  features = builder.info.features
   wanted = tuple(f for f in _EXTRA_IMAGES if config_input.get(f))
   for f in wanted:
-    if f not in builder.info.features:
+    if f not in features:
+      how = ('prepare it with --texture_dir (SAN texture images mirroring the image tree)'
+             if f == 'texture' else 'only synthetic_reid provides parsing maps')
       raise ValueError(f'config.input.{f}=True but dataset {config_input.dataset!r} has no {f!r} '
-                       f'feature (only synthetic_reid provides parsing masks and textures)')
+                       f'feature ({how})')
+  name = config_input.get('parts')
+  if name is not None and parts_lib.get_grouping(name).needs_fields:
+    if 'parsing_fields' in features:
+      wanted += ('parsing_fields',)
+    elif 'parsing' in features:
+      wanted += ('parsing',) if 'parsing' not in wanted else ()
+    else:
+      raise ValueError(
+          f'config.input.parts={name!r} needs per-image part labels, but dataset '
+          f'{config_input.dataset!r} has none: prepare it with --parsing_dir (BPBreID\'s '
+          'human-parsing label files; docs/datasets.md) or use synthetic_reid')
   return wanted
+
+
+def _output(out: dict, record, config_input, extras) -> dict:
+  """Drops the part-mask source when only ``parts`` asked for it; adds ``texture_valid``."""
+  if 'parsing' in out and not config_input.get('parsing'):
+    del out['parsing']
+  if 'texture' in extras:
+    out['texture_valid'] = np.bool_(record['texture_valid']) if 'texture_valid' in record \
+        else np.bool_(True)
+  return out
 
 
 def _source(builder, split: str, keep: tuple[str, ...]):
@@ -71,7 +98,7 @@ def _source(builder, split: str, keep: tuple[str, ...]):
     raise ValueError(f'dataset {builder.info.full_name!r} has no split {split!r}; '
                      f'splits: {sorted(builder.info.splits)}')
   skip = {k: tfds.decode.SkipDecoding() for k, f in builder.info.features.items()
-          if isinstance(f, tfds.features.Image) and k not in keep}
+          if (isinstance(f, tfds.features.Image) or k in _LAZY) and k not in keep}
   return builder.as_data_source(split, decoders=skip or None)
 
 
@@ -135,13 +162,16 @@ def _images(record, extras):
 class _TrainExample(grain.transforms.Map):
   """Sampler element -> augmented example (picklable, for grain worker processes)."""
 
-  def __init__(self, source, augment: Augment, seed: int, extras: tuple[str, ...]):
+  def __init__(self, source, augment: Augment, seed: int, extras: tuple[str, ...],
+               config_input):
     self._source, self._augment, self._seed, self._extras = source, augment, seed, extras
+    self._parsing = bool(config_input.get('parsing'))
 
   def map(self, element):
     record = self._source[element['record']]
     rng = np.random.default_rng([self._seed, _AUGMENT_TAG, element['position']])
-    out = self._augment(_images(record, self._extras), rng)
+    out = _output(self._augment(_images(record, self._extras), rng), record,
+                  {'parsing': self._parsing}, self._extras)
     for c in ('label', 'pid', 'camid'):
       out[c] = np.int32(record[c])
     out['epoch'] = np.int32(element['epoch'])
@@ -175,6 +205,10 @@ def train_iterator(config_input, *, seed: int, process_index: int = 0, process_c
     parsing  uint8 [B, H, W]  part ids (if ``config_input.parsing``), geometry as the image
     texture  float32 [B, T, T, 3] in [-1, 1] (if ``config_input.texture``), not flipped unless
              ``config_input.flip_texture``
+    texture_valid  bool [B] (with ``texture``): False for images prepared without a texture
+             (``--missing_texture=skip``; their texture is a placeholder), else True
+    part_masks  float32 [B, H/4, W/4, K+1] (if ``config_input.parts``): BPBreID's part targets,
+             background first, softmax over the last axis; argmax = pixel label
   Feed ``jax.make_array_from_process_local_data(sharding, batch)``. The iterator is a grain
   ``DatasetIterator``: ``get_state()``/``set_state()`` resume exactly; close it when done.
   """
@@ -183,7 +217,8 @@ def train_iterator(config_input, *, seed: int, process_index: int = 0, process_c
   sampler = PKSampler(plan, process_index=process_index, process_count=process_count)
   extras = _wanted(config_input, builder)
   source = _source(builder, 'train', ('image', *extras))
-  ds = sampler.map(_TrainExample(source, Augment.from_config(config_input), seed, extras))
+  ds = sampler.map(_TrainExample(source, Augment.from_config(config_input), seed, extras,
+                                 config_input))
   ds = ds.batch(sampler.local_batch, drop_remainder=True)
   ds = _maybe_workers(ds.to_iter_dataset(_read_options(config_input)), config_input)
   return iter(ds)
@@ -192,22 +227,28 @@ def train_iterator(config_input, *, seed: int, process_index: int = 0, process_c
 class _EvalExample(grain.transforms.Map):
   """Row ``i`` of the padded split -> test-transformed example, or a padding row."""
 
-  def __init__(self, source, augment: Augment, indices: np.ndarray, extras: tuple[str, ...]):
+  def __init__(self, source, augment: Augment, indices: np.ndarray, extras: tuple[str, ...],
+               config_input):
     self._source, self._augment, self._indices, self._extras = source, augment, indices, extras
+    self._parsing = bool(config_input.get('parsing'))
 
   def map(self, i):
     h, w = self._augment.size
     if i >= len(self._indices):  # padding: zeros, marked invalid
       out = {'image': np.zeros((h, w, 3), np.float32)}
-      if 'parsing' in self._extras:
+      if self._parsing:
         out['parsing'] = np.zeros((h, w), np.uint8)
       if 'texture' in self._extras:
         t = self._augment.texture_size or self._texture_side()
         out['texture'] = np.zeros((t, t, 3), np.float32)
+        out['texture_valid'] = np.bool_(False)
+      if self._augment.parts is not None:
+        out['part_masks'] = np.zeros(self._augment.part_masks_shape, np.float32)
       return dict(out, pid=np.int32(-1), camid=np.int32(-1), index=np.int32(-1),
                   valid=np.bool_(False))
     record = self._source[int(self._indices[i])]
-    out = self._augment(_images(record, self._extras), None)
+    out = _output(self._augment(_images(record, self._extras), None), record,
+                  {'parsing': self._parsing}, self._extras)
     return dict(out, pid=np.int32(record['pid']), camid=np.int32(record['camid']),
                 index=np.int32(self._indices[i]), valid=np.bool_(True))
 
@@ -227,7 +268,8 @@ def eval_batches(config_input, split: str, *, batch_size: int | None = None,
   ``jax.make_array_from_process_local_data``. Yields dicts of ``L`` rows: ``image`` float32
   [L, H, W, 3] (test resize with ``test_interpolation``, normalised), ``pid``, ``camid`` int32 [L]
   (-1 on padding), ``index`` int32 [L] (record index, -1 on padding), ``valid`` bool [L] (False
-  on padding), plus ``parsing``/``texture`` when the config asks for them. Junk images (pid -1)
+  on padding), plus ``parsing``/``texture`` (+ ``texture_valid``)/``part_masks`` (test resize)
+  when the config asks for them (zeros on padding). Junk images (pid -1)
   are left out when ``config_input.eval_drop_junk``.
   """
   batch_size = batch_size or config_input.eval_batch_size
@@ -247,7 +289,8 @@ def eval_batches(config_input, split: str, *, batch_size: int | None = None,
   source = _source(builder, split, ('image', *extras))
   ds = grain.MapDataset.range(padded // process_count).map(
       lambda j: j // local * batch_size + process_index * local + j % local)  # global row
-  ds = ds.map(_EvalExample(source, Augment.from_config(config_input, train=False), keep, extras))
+  ds = ds.map(_EvalExample(source, Augment.from_config(config_input, train=False), keep, extras,
+                           config_input))
   ds = ds.batch(local).to_iter_dataset(_read_options(config_input))
   return iter(ds)
 

@@ -12,9 +12,17 @@ torchreid/data/transforms.py ``build_transforms``: ``CoarseDropout(..., mask_fil
 there the masks are per-part maps, zero in the box). The identity texture only gets the SAN
 normalisation (not flipped, as in SAN's official loader, unless ``flip_texture``).
 
+Part masks (``parts``, a BPBreID grouping name; ``reid_jax.data.parts``): the example's label
+fields (``parsing_fields`` ``[h, w, 36]``, or ``synthetic_reid``'s ``parsing`` map) are grouped
+into K parts, then follow the same geometry as the image (nearest resize by ``parts_nearest``,
+flip, zero padding, the erased box set to 0 when ``erase_parsing``) and become ``part_masks``
+float32 ``[H/4, W/4, K+1]`` (``parts.part_targets``).
+
 Recipes:
   BoT / APNet: resize -> flip 0.5 -> Pad(10) + RandomCrop -> normalise -> erasing 0.5 (``u >= p``
     skips).
+  BPBreID: resize -> [flip] -> Pad(10) + RandomCrop -> normalise -> CoarseDropout 0.5 (one hole of
+    15-65 % of H and of W).
   SAN: Random2DTranslation (p 0.5: resize x1.125 then random crop) -> flip -> normalise -> erasing.
   MPN: resize (bilinear; bicubic at test) -> flip -> normalise -> erasing with CIFAR-mean fill.
 """
@@ -28,10 +36,13 @@ import math
 import numpy as np
 from PIL import Image
 
+from reid_jax.data import parts as parts_lib
+
 _PIL_INTERPOLATION = {'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
                       'nearest': Image.NEAREST}
 CROPS = ('pad', 'translate', 'none')
 ERASING_TESTS = ('>=', '>')
+ERASINGS = ('random', 'coarse_dropout')
 
 
 def resize(image: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
@@ -101,6 +112,22 @@ def erasing_box(rng: np.random.Generator, h: int, w: int, *, prob: float,
   return None
 
 
+def coarse_dropout_box(rng: np.random.Generator, h: int, w: int, *, prob: float,
+                       size: tuple[float, float] = (0.15, 0.65)):
+  """BPBreID's ``CoarseDropout`` (albumentations, one hole; VlSomers/bpbreid
+  ``torchreid/data/transforms.py``): box ``(y0, x0, eh, ew)`` on an ``h x w`` image, or None.
+
+  Applied when ``u < prob``; ``eh`` uniform over the integers ``[int(h * size[0]),
+  int(h * size[1])]``, ``ew`` likewise with ``w``, the corner uniform over the positions that
+  keep the box inside (inclusive ranges, as ``random.randint``).
+  """
+  if rng.random() >= prob:
+    return None
+  eh = int(rng.integers(int(h * size[0]), int(h * size[1]) + 1))
+  ew = int(rng.integers(int(w * size[0]), int(w * size[1]) + 1))
+  return int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1)), eh, ew
+
+
 @functools.lru_cache(maxsize=8)
 def _normalize_lut(mean: tuple, std: tuple) -> np.ndarray:
   """``[3, 256]`` float32 table of ``(v / 255 - mean) / std``, computed in float32 like ToTensor +
@@ -145,8 +172,20 @@ class Augment:
   std: tuple[float, float, float] = (0.229, 0.224, 0.225)
   texture_size: int | None = None
   flip_texture: bool = False  # mirror the texture with the image (SAN's loader does not)
+  erasing: str = 'random'     # 'random' (Zhong et al.) or 'coarse_dropout' (BPBreID)
+  coarse_dropout_size: tuple[float, float] = (0.15, 0.65)
+  parts: str | None = None    # BPBreID grouping name: yield ``part_masks``
+  parts_nearest: str = 'cv2'
+  parts_scale: int = 4
+  parts_threshold: float = 0.5
+  parts_softmax_weight: float = 15.0
 
   def __post_init__(self):
+    if self.erasing not in ERASINGS:
+      raise ValueError(f'config.input.erasing must be one of {ERASINGS}, got {self.erasing!r}')
+    if self.parts is not None:
+      parts_lib.get_grouping(self.parts)
+      parts_lib.check_nearest(self.parts_nearest)
     if self.crop not in CROPS:
       raise ValueError(f'config.input.crop must be one of {CROPS}, got {self.crop!r}')
     if self.erasing_test not in ERASING_TESTS:
@@ -161,7 +200,10 @@ class Augment:
     """Training augmentation (``train=True``) or the test transform (resize + normalise)."""
     c = config_input
     common = dict(size=tuple(c.size), mean=tuple(c.mean), std=tuple(c.std),
-                  texture_size=c.get('texture_size'))
+                  texture_size=c.get('texture_size'), parts=c.get('parts'),
+                  parts_nearest=c.get('parts_nearest', 'cv2'), parts_scale=c.get('parts_scale', 4),
+                  parts_threshold=c.get('parts_threshold', 0.5),
+                  parts_softmax_weight=c.get('parts_softmax_weight', 15.0))
     if not train:
       return cls(interpolation=c.test_interpolation, flip_prob=0.0, crop='none',
                  erasing_prob=0.0, **common)
@@ -170,14 +212,41 @@ class Augment:
                erasing_area=tuple(c.erasing_area), erasing_aspect=c.erasing_aspect,
                erasing_fill=tuple(c.erasing_fill), erasing_test=c.erasing_test,
                erase_parsing=c.get('erase_parsing', True),
-               flip_texture=c.get('flip_texture', False), **common)
+               flip_texture=c.get('flip_texture', False), erasing=c.get('erasing', 'random'),
+               coarse_dropout_size=tuple(c.get('coarse_dropout_size', (0.15, 0.65))), **common)
+
+  @functools.cached_property
+  def grouping(self) -> parts_lib.Grouping | None:
+    return None if self.parts is None else parts_lib.get_grouping(self.parts)
+
+  @property
+  def part_masks_shape(self) -> tuple[int, int, int]:
+    """``(H / scale, W / scale, K + 1)`` of ``part_masks``."""
+    h, w = self.size
+    return (int(h / self.parts_scale), int(w / self.parts_scale), self.grouping.num_parts + 1)
+
+  def _part_sources(self, example: dict) -> np.ndarray | None:
+    """The grouping's field parts ``[h, w, K_f]`` uint8 for ``example`` (None if it has none)."""
+    g = self.grouping
+    if not g.needs_fields:
+      return None
+    if example.get('parsing_fields') is not None:
+      return parts_lib.group_fields(np.asarray(example['parsing_fields']), g)
+    if example.get('parsing') is not None:
+      return parts_lib.synthetic_parts(example['parsing'], g)
+    raise ValueError(f'config.input.parts={self.parts!r} needs per-image part labels '
+                     '(parsing_fields or a parsing map) in every example')
 
   def __call__(self, example: dict, rng: np.random.Generator | None) -> dict:
     """``example['image']`` uint8 ``[h, w, 3]`` (and optional ``parsing`` ``[h, w, 1]``,
     ``texture`` ``[t, t, 3]``) -> dict with ``image`` float32 ``[H, W, 3]``, ``parsing`` uint8
     ``[H, W]`` (same geometry; the erased box is 0 when ``erase_parsing``), ``texture`` float32
-    ``[T, T, 3]``. ``rng=None`` only for deterministic recipes."""
-    image, parsing = example['image'], example.get('parsing')
+    ``[T, T, 3]``, and with ``parts`` (from ``parsing_fields`` ``[h, w, 36]`` uint8 or the
+    ``parsing`` map) ``part_masks`` float32 ``[H/4, W/4, K+1]``, background first.
+    ``rng=None`` only for deterministic recipes."""
+    image = example['image']
+    parsing = example.get('parsing')
+    masks = self._part_sources(example) if self.parts is not None else None
     out = {}
     # 1. Resize, or Random2DTranslation (resize x1.125, random crop).
     trans = translate_params(rng, self.size, self.translate_prob) if self.crop == 'translate' \
@@ -186,35 +255,51 @@ class Augment:
     if trans is None:
       image = resize(image, self.size, self.interpolation)
       parsing = None if parsing is None else resize(parsing, self.size, 'nearest')
+      if masks is not None:
+        masks = parts_lib.resize_nearest(masks, self.size, self.parts_nearest)
     else:
       big, y1, x1 = trans
       image = resize(image, big, self.interpolation)[y1:y1 + h, x1:x1 + w]
       if parsing is not None:
         parsing = resize(parsing, big, 'nearest')[y1:y1 + h, x1:x1 + w]
+      if masks is not None:
+        masks = parts_lib.resize_nearest(masks, big, self.parts_nearest)[y1:y1 + h, x1:x1 + w]
     # 2. Horizontal flip.
     flipped = self.flip_prob > 0 and rng.random() < self.flip_prob
     if flipped:
       image = image[:, ::-1]
       parsing = None if parsing is None else parsing[:, ::-1]
-    # 3. Pad + RandomCrop (zero padding in pixel space, background in the mask).
+      masks = None if masks is None else masks[:, ::-1]
+    # 3. Pad + RandomCrop (zero padding in pixel space, background in the masks).
     if self.crop == 'pad':
       dy, dx = (int(v) for v in rng.integers(0, 2 * self.pad + 1, size=2))
       image = shift_crop(image, dy, dx, self.pad)
       parsing = None if parsing is None else shift_crop(parsing, dy, dx, self.pad)
+      masks = None if masks is None else shift_crop(masks, dy, dx, self.pad)
     # 4. Normalise, then erase with constant per-channel values on the normalised image.
     image = normalize(image, self.mean, self.std)
     if self.erasing_prob > 0:
-      box = erasing_box(rng, h, w, prob=self.erasing_prob, area=self.erasing_area,
-                        aspect=self.erasing_aspect, test=self.erasing_test)
+      if self.erasing == 'coarse_dropout':
+        box = coarse_dropout_box(rng, h, w, prob=self.erasing_prob, size=self.coarse_dropout_size)
+      else:
+        box = erasing_box(rng, h, w, prob=self.erasing_prob, area=self.erasing_area,
+                          aspect=self.erasing_aspect, test=self.erasing_test)
       if box is not None:
         y0, x0, eh, ew = box
         image[y0:y0 + eh, x0:x0 + ew] = np.asarray(self.erasing_fill, np.float32)
         if parsing is not None and self.erase_parsing:
           parsing = parsing.copy()  # may be a view of the caller's array
           parsing[y0:y0 + eh, x0:x0 + ew] = 0
+        if masks is not None and self.erase_parsing:
+          masks = masks.copy()
+          masks[y0:y0 + eh, x0:x0 + ew] = 0
     out['image'] = image
     if parsing is not None:
       out['parsing'] = np.ascontiguousarray(parsing.reshape(h, w))
+    if self.parts is not None:
+      out['part_masks'] = parts_lib.part_targets(
+          masks, self.grouping, (h, w), scale=self.parts_scale, threshold=self.parts_threshold,
+          softmax_weight=self.parts_softmax_weight)
     if example.get('texture') is not None:
       texture = example['texture'][:, ::-1] if flipped and self.flip_texture else example['texture']
       out['texture'] = normalize_texture(np.ascontiguousarray(texture), self.texture_size)
