@@ -2,8 +2,8 @@
 ``WarmupMultiStepLR`` as torchreid's engine steps it (after every epoch), and the config fields of
 the official yamls."""
 
-import importlib.util
 import pathlib
+import runpy
 
 import numpy as np
 import pytest
@@ -14,10 +14,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg=None):
-  spec = importlib.util.spec_from_file_location('bpbreid_config', ROOT / 'configs' / 'bpbreid.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return runpy.run_path(str(ROOT / 'configs' / 'bpbreid.py'))['get_config'](arg)
 
 
 def test_lr_table_is_warmup_multistep_stepped_at_epoch_end():
