@@ -1,6 +1,6 @@
 """BPBreID (Somers et al., WACV 2023), the official recipe (VlSomers/bpbreid
 ``configs/bpbreid/bpbreid_occ_duke_train.yaml`` over ``torchreid/scripts/default_config.py``;
-docs/bpbreid.md).
+details on the BPBreID page of the docs folder).
 
 Occluded-Duke by default: HRNet-W32 (ImageNet init ``hrnetv2_w32_imagenet_pretrained.pth``), K = 8
 parts ('eight' grouping of the PifPaf label files), embeddings of 512; the ``part_based`` loss:
@@ -62,6 +62,7 @@ def get_config(arg=None):
   m.hrnet_width = 32
   m.hrnet_stage_modules = (1, 4, 3)
   m.hrnet_blocks = 4
+  m.hrnet_stem_width = 64
   m.dim = 512
   m.test_embeddings = ('bn_foreg', 'parts')
   m.binary_visibility_train = True

@@ -2,7 +2,7 @@
 (Somers, De Vleeschouwer, Alahi; WACV 2023). Official code: VlSomers/bpbreid
 (``torchreid/models/bpbreid.py``, ``torchreid/engine/image/part_based_engine.py``,
 ``torchreid/losses/{GiLt_loss,part_averaged_triplet_loss,body_part_attention_loss}.py``);
-docs/bpbreid.md has the details and our choices.
+the BPBreID page of the docs folder has the details and our choices.
 
 Network, for ``K`` body parts (8 with the 'eight' grouping), channels-last:
 
