@@ -11,7 +11,9 @@ after the budget is recorded as skipped; a running one is stopped at the budget)
   (bench/torch_eval.py: torch matmul distances, argsort-based CMC / mAP / mINP): Market-size
   (3,368 x 15,913, D = 2048) and MSMT17-size (11,659 x 82,161) ``reid_jax.evaluation.evaluate``,
   first call and warm; Market re-ranking (k1/k2/lambda = 20/6/0.3) from the three Euclidean
-  distance matrices against the classic algorithm written in torch. Results must agree.
+  distance matrices against the classic algorithm written in torch; BPBreID's part distance at
+  Occluded-Duke size (2,210 x 17,661, P = 9, D = 512, random bool visibility) through
+  ``evaluate`` against ``torch_part_distance`` ranked by ``torch_evaluate``. Results must agree.
 * The train step at 256x128 for every method in bench/train.py's ``MODELS`` (BoT, APNet): the
   real reid_jax step (``reid_jax.train.make_train_step``) against the same step in PyTorch
   (bench/train.py's ``TorchSide``: AMP fp16 + GradScaler and channels_last on CUDA for the
@@ -49,7 +51,7 @@ sys.path.insert(0, ROOT)
 CONFIGS_JSON = os.path.join(ROOT, 'bench', 'method_configs.json')
 GIB = 2.0**30
 DTYPES = ('bfloat16', 'float32')
-EVAL_PARTS = ('market', 'msmt', 'rerank')
+EVAL_PARTS = ('market', 'msmt', 'rerank', 'parts')
 SMOKE = dict(size=(64, 32), batch=8, max_batch=16, depth=18, width=8, num_classes=16,
              eval_size='small', dim=256)
 FULL = dict(size=(256, 128), batch=64, depth=None, width=None, num_classes=751, dim=2048)
@@ -212,7 +214,7 @@ def eval_worker(spec: dict) -> dict:
   import torch
 
   from bench import synthetic
-  from bench.torch_eval import torch_evaluate, torch_rerank
+  from bench.torch_eval import torch_evaluate, torch_part_distance, torch_rerank
   from reid_jax import evaluation as ev
   from reid_jax.evaluation.distance import pairwise_distance
   sizes = SMOKE if spec['smoke'] else FULL
@@ -221,18 +223,25 @@ def eval_worker(spec: dict) -> dict:
   torch.zeros(1, device=device).sum().item()  # device context up before any timing
   out = {}
   for part in spec['parts']:
-    size = sizes.get('eval_size') or ('msmt' if part == 'msmt' else 'market')
+    size = sizes.get('eval_size') or {'msmt': 'msmt', 'parts': 'occluded_duke'}.get(part, 'market')
     qp, gp, qc, gc = synthetic.labels(size, 0)
-    qf, gf = synthetic.features(qp, gp, sizes['dim'], noise=3.0, seed=0)
     r: dict[str, Any] = {'size': size, 'num_query': len(qp), 'num_gallery': len(gp),
                          'dim': sizes['dim']}
+    if part == 'parts':
+      r.update(parts=9, dim=64 if spec['smoke'] else 512)
+      qf, gf = synthetic.part_features(qp, gp, 9, r['dim'], noise=3.0, seed=0)
+    else:
+      qf, gf = synthetic.features(qp, gp, sizes['dim'], noise=3.0, seed=0)
     repeats = 1 if part == 'msmt' else 3
-    if part in ('market', 'msmt'):
+    if part in ('market', 'msmt', 'parts'):
+      parts = part == 'parts'
+
       def run_jax():
-        return ev.evaluate(qf, gf, qp, gp, qc, gc, metric='sqeuclidean')
+        return ev.evaluate(qf, gf, qp, gp, qc, gc, metric='euclidean' if parts else 'sqeuclidean')
 
       def run_torch():
-        return torch_evaluate(qf, gf, qp, gp, qc, gc, device=device)
+        d = torch_part_distance(qf, gf, device=device) if parts else None
+        return torch_evaluate(qf, gf, qp, gp, qc, gc, device=device, distmat=d)
       got, r['jax_first_s'] = _timed(run_jax)
       r['jax_warm_s'] = float(np.median([_timed(run_jax)[1] for _ in range(repeats)]))
       want, r['torch_first_s'] = _timed(run_torch, sync)

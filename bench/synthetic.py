@@ -9,6 +9,7 @@ SIZES = {
     'market': (3368, 15913, 751, 6, 2798),
     'msmt': (11659, 82161, 3060, 15, 0),
     'small': (300, 1500, 60, 6, 200),
+    'occluded_duke': (2210, 17661, 1110, 8, 0),
 }
 
 
@@ -42,3 +43,21 @@ def features(q_pids, g_pids, dim: int, noise: float = 1.0, seed: int = 0):
     return f
 
   return make(q_pids), make(g_pids)
+
+
+def part_features(q_pids, g_pids, parts: int, dim: int, noise: float = 1.0, seed: int = 0,
+                  visible: tuple[float, float] = (0.9, 0.6)):
+  """Part-based features (``reid_jax.evaluation.features``): ``{'feat': [N, parts, dim]`` unit
+  per part, each part an identity centre + noise as :func:`features` ``, 'visibility': [N, parts]
+  bool}``, the first entry visible with probability ``visible[0]``, the others ``visible[1]``."""
+  out = []
+  for pids in (q_pids, g_pids):
+    out.append({'feat': np.empty((len(pids), parts, dim), np.float32)})
+  for p in range(parts):  # one part at a time: peak memory ~ the result plus one part
+    for o, f in zip(out, features(q_pids, g_pids, dim, noise, seed + 7 * p)):
+      o['feat'][:, p] = f
+  rng = np.random.default_rng(seed + 2)
+  prob = np.array([visible[0]] + [visible[1]] * (parts - 1))
+  for o in out:
+    o['visibility'] = rng.random(o['feat'].shape[:2]) < prob
+  return out[0], out[1]

@@ -3,6 +3,8 @@
 * ``torch_evaluate``: distances with a torch matmul (squared Euclidean, ``|q|^2 + |g|^2 - 2 q.g``)
   and the torchreid ``rank.py`` protocol (drop same-id-same-camera gallery entries, step AP,
   mINP, CMC) from a full ``argsort`` of every row, vectorised over blocks of queries.
+* ``torch_part_distance``: BPBreID's part-based distance with bool visibility (Somers et al.,
+  WACV 2023), ranked by ``torch_evaluate(..., distmat=...)``.
 * ``torch_rerank``: the classic k-reciprocal re-ranking (Zhong et al., CVPR 2017; the NumPy code
   of the official repository, reproduced in ``bench/eval.numpy_rerank``) with dense ``N x N``
   arrays on the device, its per-row loops vectorised: reciprocal sets as masks over the top-K
@@ -23,20 +25,26 @@ def _t(x, device, dtype=None):
 
 
 def torch_evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, device, max_rank: int = 50,
-                   block: int = 1024) -> dict:
-  """CMC / mAP / mINP from features, squared Euclidean; numpy inputs, results as Python floats."""
-  qf, gf = _t(qf, device, torch.float32), _t(gf, device, torch.float32)
+                   block: int = 1024, distmat=None) -> dict:
+  """CMC / mAP / mINP from features, squared Euclidean; numpy inputs, results as Python floats.
+  With ``distmat`` (a ``[Q, G]`` torch tensor on ``device``), its rows are ranked instead and
+  ``qf``, ``gf`` are not used."""
+  if distmat is None:
+    qf, gf = _t(qf, device, torch.float32), _t(gf, device, torch.float32)
+    g_sq = (gf * gf).sum(1)
   qp, gp = _t(q_pids, device, torch.int64), _t(g_pids, device, torch.int64)
   qc, gc = _t(q_camids, device, torch.int64), _t(g_camids, device, torch.int64)
-  g_sq = (gf * gf).sum(1)
   cmc_sum = torch.zeros(max_rank, dtype=torch.float64, device=device)
   ap_sum = torch.zeros((), dtype=torch.float64, device=device)
   inp_sum = torch.zeros((), dtype=torch.float64, device=device)
   valid = torch.zeros((), dtype=torch.int64, device=device)
   ranks = torch.arange(1, max_rank + 1, device=device)
-  for lo in range(0, qf.shape[0], block):
-    q = qf[lo:lo + block]
-    d = (q * q).sum(1, keepdim=True) + g_sq[None] - 2.0 * (q @ gf.T)
+  for lo in range(0, len(q_pids), block):
+    if distmat is None:
+      q = qf[lo:lo + block]
+      d = (q * q).sum(1, keepdim=True) + g_sq[None] - 2.0 * (q @ gf.T)
+    else:
+      d = distmat[lo:lo + block]
     order = torch.argsort(d, dim=1, stable=True)
     gpo, gco = gp[order], gc[order]
     qpb, qcb = qp[lo:lo + block, None], qc[lo:lo + block, None]
@@ -58,6 +66,28 @@ def torch_evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, *, device, max_ra
   cmc = (cmc_sum / n).cpu().numpy()
   return dict(cmc=cmc, R1=float(cmc[0]), mAP=float(ap_sum / n), mINP=float(inp_sum / n),
               num_valid_queries=int(n))
+
+
+def torch_part_distance(q: dict, g: dict, *, device, block: int = 256) -> torch.Tensor:
+  """BPBreID's part distance, bool visibility, 'mean' (VlSomers/bpbreid
+  ``torchreid/metrics/distance.py``), as a ``[Q, G]`` float32 tensor on ``device``: per part
+  ``sqrt(relu(|q|^2 - 2 q.g + |g|^2))``, the mean over the parts visible in both images, pairs with
+  no such part at the largest counted part distance of the whole matrix + 1."""
+  qf, gf = _t(q['feat'], device, torch.float32), _t(g['feat'], device, torch.float32)
+  qv, gv = _t(q['visibility'], device, torch.bool), _t(g['visibility'], device, torch.bool)
+  gt = gf.transpose(0, 1)                                   # [P, G, D]
+  g_sq = (gt * gt).sum(-1)                                  # [P, G]
+  out = torch.empty((qf.shape[0], gf.shape[0]), dtype=torch.float32, device=device)
+  largest = torch.tensor(-1.0, device=device)
+  for lo in range(0, qf.shape[0], block):
+    qt = qf[lo:lo + block].transpose(0, 1)                  # [P, b, D]
+    d = ((qt * qt).sum(-1)[:, :, None] - 2.0 * torch.bmm(qt, gt.transpose(1, 2))
+         + g_sq[:, None, :]).clamp_min(0.0).sqrt()          # [P, b, G]
+    both = qv[lo:lo + block].T[:, :, None] & gv.T[:, None, :]
+    n = both.sum(0)
+    out[lo:lo + block] = torch.where(n > 0, (d * both).sum(0) / n.clamp_min(1), -1.0)
+    largest = torch.maximum(largest, torch.where(both, d, -1.0).max())
+  return torch.where(out < 0, largest + 1.0, out)
 
 
 def torch_rerank(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, *,

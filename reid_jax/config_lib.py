@@ -91,7 +91,8 @@ def eval_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       flip='none',           # 'none', 'sum' or 'mean' of the features of x and fliplr(x)
       normalize=True,        # L2-normalise features before the distance
-      metric='sqeuclidean',  # 'euclidean', 'sqeuclidean' or 'cosine'
+      metric='sqeuclidean',  # 'euclidean', 'sqeuclidean' or 'cosine' (part features: 'euclidean')
+      part_combine='mean',   # part features: 'mean' or 'max' over the common visible parts
       ap='step',             # 'step' (torchreid/fast-reid) or 'trapezoid' (Market-1501 official/MPN)
       max_rank=50,
       rerank=False,          # False, True (k1/k2/lambda below) or a preset: 'bot', 'transreid', ...

@@ -2,8 +2,9 @@
 
   extract_features(model, batches, *, flip='none', normalize=False) -> (feats, pids, camids)
 
-Command line (writes an .npz with ``feats [N, D] float32``, ``pids``, ``camids`` and, for
-``--images``, ``filenames``; the features are ``reid_jax.FeatureExtractor``'s)::
+Command line (writes an .npz with ``feats [N, D] float32`` (part-based methods: ``feats
+[N, P, D]`` and ``visibility [N, P]``), ``pids``, ``camids`` and, for ``--images``,
+``filenames``; the features are ``reid_jax.FeatureExtractor``'s)::
 
   python -m reid_jax.extract --config=configs/baseline.py --checkpoint=DIR \\
       (--dataset=market1501 --split=query | --images=FOLDER) --out=FILE.npz
@@ -26,11 +27,14 @@ _MARKET_NAME = re.compile(r'^(-?\d+)_c(\d+)')
 
 
 def _combine(embed, images, flip):
+  """``embed(images)``, combined with the features of the mirrored images by ``flip``. Part
+  features: see ``reid_jax.evaluation.features.combine_flip`` (visibility OR / max)."""
+  from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
   f = embed(images)
   if flip == 'none':
     return f
   g = embed(images[:, :, ::-1, :])  # horizontal flip of NHWC
-  return f + g if flip == 'sum' else (f + g) * 0.5
+  return feature_lib.combine_flip(f, g, flip)
 
 
 def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
@@ -45,12 +49,17 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
   L2-normalised. Returns ``(feats [N, D] np.float32, pids [N] int, camids [N] int)``, plus the
   batches' record ``index [N]`` with ``with_index``. A tqdm bar shows when ``progress`` is True,
   or when None and stderr is a terminal.
+
+  Part-based methods (``embed`` returns ``{'feat': [B, P, D], 'visibility': [B, P]}``): ``feats``
+  is such a dict over the N images; flip combines ``feat`` (visibility OR for bool, max for
+  scores) and ``normalize`` L2-normalises each of the P embeddings, as BPBreID's engine does.
   """
   if flip not in FLIPS:
     raise ValueError(f'flip must be one of {FLIPS}, got {flip!r}')
   import jax.numpy as jnp  # noqa: PLC0415
   from tqdm import tqdm  # noqa: PLC0415
 
+  from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
   from reid_jax.models import embed  # noqa: PLC0415
 
   feats, pids, camids, index = [], [], [], []
@@ -62,17 +71,18 @@ def extract_features(model, batches: Iterable[dict], *, flip: str = 'none',
     images = jnp.asarray(batch['image'], jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f"batch['image'] must be [B, H, W, 3], got {images.shape}")
-    f = np.asarray(_combine(lambda x: embed(model, x), images, flip), np.float32)
-    valid = np.asarray(batch.get('valid', np.ones(len(f), bool)), bool)
-    feats.append(f[valid])
-    pids.append(np.asarray(batch.get('pid', np.full(len(f), -1)))[valid])
-    camids.append(np.asarray(batch.get('camid', np.full(len(f), -1)))[valid])
-    index.append(np.asarray(batch.get('index', np.full(len(f), -1)))[valid])
+    f = feature_lib.to_host(_combine(lambda x: embed(model, x), images, flip))
+    n = feature_lib.num_rows(f)
+    valid = np.asarray(batch.get('valid', np.ones(n, bool)), bool)
+    feats.append(feature_lib.map_rows(lambda a, v=valid: a[v], f))
+    pids.append(np.asarray(batch.get('pid', np.full(n, -1)))[valid])
+    camids.append(np.asarray(batch.get('camid', np.full(n, -1)))[valid])
+    index.append(np.asarray(batch.get('index', np.full(n, -1)))[valid])
   if not feats:
     raise ValueError('batches is empty')
-  feats = np.concatenate(feats)
+  feats = feature_lib.concatenate(feats)
   if normalize:
-    feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    feats = feature_lib.normalize(feats)
   out = (feats, np.concatenate(pids).astype(np.int64), np.concatenate(camids).astype(np.int64))
   return out + (np.concatenate(index).astype(np.int64),) if with_index else out
 
@@ -149,13 +159,20 @@ def image_folder_batches(folder: str, input_config, batch_size: int):
 
 
 def save_npz(path: str, feats, pids=None, camids=None, filenames=None) -> None:
-  """Atomic ``np.savez`` (temp file + rename)."""
+  """Atomic ``np.savez`` (temp file + rename). ``feats``: ``[N, D]``, or part features (saved as
+  ``feats [N, P, D]`` and, when present, ``visibility [N, P]``)."""
+  from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   tmp = os.path.join(folder, '.tmp-' + os.path.basename(path))
   if not tmp.endswith('.npz'):
     tmp += '.npz'
-  data = {'feats': np.asarray(feats, np.float32)}
+  if feature_lib.is_parts(feats):
+    data = {'feats': np.asarray(feats['feat'], np.float32)}
+    if feats.get('visibility') is not None:
+      data['visibility'] = np.asarray(feats['visibility'])
+  else:
+    data = {'feats': np.asarray(feats, np.float32)}
   if pids is not None:
     data['pids'] = np.asarray(pids)
     data['camids'] = np.asarray(camids)
@@ -169,6 +186,7 @@ def main(argv):
   del argv
   from absl import flags  # noqa: PLC0415
 
+  from reid_jax.evaluation import features as feature_lib  # noqa: PLC0415
   from reid_jax.feature_extractor import FeatureExtractor  # noqa: PLC0415
   f = flags.FLAGS
   config = f.config
@@ -185,15 +203,19 @@ def main(argv):
   else:
     from reid_jax import data  # noqa: PLC0415
     config.input.dataset = f.dataset
-    parts = []
+    chunks, pid_chunks, camid_chunks = [], [], []
     for batch in data.eval_batches(config.input, f.split, batch_size=extractor.batch_size):
       valid = np.asarray(batch['valid'], bool)
-      parts.append((extractor.embed_prepared(np.asarray(batch['image']))[valid],
-                    np.asarray(batch['pid'])[valid], np.asarray(batch['camid'])[valid]))
-    feats, pids, camids = (np.concatenate(x) for x in zip(*parts))
+      chunks.append(feature_lib.map_rows(lambda a, v=valid: a[v],
+                                         extractor.embed_prepared(np.asarray(batch['image']))))
+      pid_chunks.append(np.asarray(batch['pid'])[valid])
+      camid_chunks.append(np.asarray(batch['camid'])[valid])
+    feats = feature_lib.concatenate(chunks)
+    pids, camids = np.concatenate(pid_chunks), np.concatenate(camid_chunks)
   keep_labels = names is None or bool((pids >= 0).all())
   save_npz(f.out, feats, pids if keep_labels else None, camids if keep_labels else None, names)
-  print(f'wrote {feats.shape[0]} x {feats.shape[1]} features to {f.out}')
+  shape = np.shape(feats['feat'] if feature_lib.is_parts(feats) else feats)
+  print(f'wrote {shape[0]} x {" x ".join(map(str, shape[1:]))} features to {f.out}')
 
 
 def _define_flags():

@@ -3,6 +3,9 @@
   extractor = reid_jax.FeatureExtractor('configs/baseline.py', 'workdir/bot/checkpoints')
   feats = extractor(['a.jpg', pil_image, uint8_array])   # [3, D] float32, L2-normalised
 
+A part-based method (BPBreID) gives ``{'feat': [N, P, D], 'visibility': [N, P]}`` instead, each
+of the P embeddings L2-normalised (``reid_jax.evaluation.features``).
+
 Images are file paths, PIL images or uint8 arrays ``[h, w, 3]`` / ``[h, w]`` of any size. Each is
 prepared exactly as the evaluation loader prepares test images (``config.input``: resize to
 ``size`` with ``test_interpolation``, ``(x / 255 - mean) / std``); the feature is the method's
@@ -23,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from reid_jax.evaluation import features as feature_lib
 from reid_jax.extract import FLIPS, _combine
 
 
@@ -90,9 +94,7 @@ class FeatureExtractor:
       self.traces += 1
       net = nnx.merge(self._graphdef, state)
       f = _combine(net, images, flip)
-      if normalize:
-        f = f / jnp.maximum(jnp.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-      return f
+      return feature_lib.normalize(f) if normalize else f
 
     self._features = jax.jit(features)
 
@@ -105,8 +107,9 @@ class FeatureExtractor:
       raise ValueError('no images given')
     return np.stack(out)
 
-  def embed_prepared(self, x: np.ndarray) -> np.ndarray:
-    """Features ``[N, D]`` of prepared images ``x [N, H, W, 3]`` (e.g. from the eval loader)."""
+  def embed_prepared(self, x: np.ndarray):
+    """Features ``[N, D]`` (part-based methods: the dict of ``reid_jax.evaluation.features``) of
+    prepared images ``x [N, H, W, 3]`` (e.g. from the eval loader)."""
     n = len(x)
     out = []
     for i in range(0, n, self.batch_size):
@@ -115,16 +118,16 @@ class FeatureExtractor:
       if padded > len(chunk):
         chunk = np.concatenate([chunk, np.zeros((padded - len(chunk), *chunk.shape[1:]),
                                                 chunk.dtype)])
-      out.append(np.asarray(self._features(self._state, jnp.asarray(chunk, jnp.float32)),
-                            np.float32)[:min(self.batch_size, n - i)])
-    return np.concatenate(out)
+      f = feature_lib.to_host(self._features(self._state, jnp.asarray(chunk, jnp.float32)))
+      out.append(feature_lib.map_rows(lambda a, m=min(self.batch_size, n - i): a[:m], f))
+    return feature_lib.concatenate(out)
 
-  def __call__(self, images: Iterable[Any]) -> np.ndarray:
-    """Features ``[N, D]`` float32 of ``images`` (paths, PIL images, uint8 arrays), decoded and
-    prepared one batch at a time."""
+  def __call__(self, images: Iterable[Any]):
+    """Features ``[N, D]`` float32 (or part features) of ``images`` (paths, PIL images, uint8
+    arrays), decoded and prepared one batch at a time."""
     images = list(images)
     if not images:
       raise ValueError('no images given')
-    return np.concatenate([
+    return feature_lib.concatenate([
         self.embed_prepared(self.prepare(images[i:i + self.batch_size], start=i))
         for i in range(0, len(images), self.batch_size)])

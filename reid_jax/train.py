@@ -342,7 +342,8 @@ def evaluate_model(model: nnx.Module, config, mesh, *, data_dir=None,
                                     normalize=config.eval.normalize, with_index=True)
   (qf, qp, qc, qi), (gf, gp, gc, gi) = feats['query'], feats['gallery']
   c = config.eval
-  kw = dict(metric=c.metric, max_rank=c.max_rank, ap=c.ap, block_size=c.block_size, mesh=mesh)
+  kw = dict(metric=c.metric, max_rank=c.max_rank, ap=c.ap, block_size=c.block_size, mesh=mesh,
+            part_combine=c.get('part_combine', 'mean'))
   results = evaluation.evaluate(qf, gf, qp, gp, qc, gc, **kw)
   if c.rerank:
     rerank = c.rerank if isinstance(c.rerank, str) else dict(
@@ -378,10 +379,14 @@ def write_pictures(target_dir, config, data_dir, results, query, gallery) -> Non
 def _draw_pictures(directory, config, data_dir, results, query, gallery) -> None:
   from reid_jax import data, evaluation
   from reid_jax.evaluation import visualize
+  from reid_jax.evaluation import features as feature_lib
   qf, qp, qc, qi = query
   gf, gp, gc, gi = gallery
-  n = min(config.eval.pictures, len(qf))
-  dist = np.asarray(evaluation.pairwise_distance(qf[:n], gf, config.eval.metric))
+  n = min(config.eval.pictures, feature_lib.num_rows(qf))
+  # Part features: the no-common-part value is this sub-matrix's max + 1; the order is the same.
+  dist = np.asarray(evaluation.distance_matrix(
+      feature_lib.map_rows(lambda a: a[:n], qf), gf, config.eval.metric,
+      part_combine=config.eval.get('part_combine', 'mean')))
   q_images = data.raw_images(config.input, 'query', qi[:n], data_dir)
   g_images = _LazyImages(config.input, 'gallery', gi, data_dir)
   size = tuple(config.input.size)

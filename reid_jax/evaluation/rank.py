@@ -37,7 +37,9 @@ import numpy as np
 from jax import lax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from reid_jax.evaluation.distance import check_metric, pairwise_distance_fn
+from reid_jax.evaluation import features as feature_lib
+from reid_jax.evaluation.distance import (check_metric, check_part_combine, check_part_metric,
+                                          ranking_distance_fn)
 
 _LANES = 128      # gallery columns per counting step
 _SLOTS = 8        # positives per work item
@@ -148,10 +150,11 @@ def _count_before(dist, rows, pos, lane, acc0):
   return lax.select(t == _NAN_KEY, lax.full_like(counts, -1), counts)
 
 
-@functools.partial(jax.jit, static_argnames=('metric', 'padded'))
-def _masked_distances(qf, gf, q_pid, q_cam, g_pid, g_cam, *, metric, padded):
-  """``[B, padded]`` distances of ``qf [B, D]`` to ``gf [G, D]``, dropped items and padding NaN."""
-  d = pairwise_distance_fn(qf, gf, metric)
+@functools.partial(jax.jit, static_argnames=('metric', 'part_combine', 'padded'))
+def _masked_distances(qf, gf, q_pid, q_cam, g_pid, g_cam, *, metric, part_combine, padded):
+  """``[B, padded]`` distances of ``qf`` (``[B, D]`` or part features of B images) to ``gf``
+  (``[G, D]`` or part features), dropped items and padding NaN."""
+  d = ranking_distance_fn(qf, gf, metric, part_combine)
   drop = (g_pid[None, :] < 0) | ((g_pid[None, :] == q_pid[:, None])
                                  & (g_cam[None, :] == q_cam[:, None]))
   d = jnp.where(drop, jnp.nan, d)
@@ -378,13 +381,20 @@ def rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50
 
 def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: str = 'sqeuclidean',
              rerank: bool | str | dict = False, max_rank: int = 50, ap: str = 'step',
-             block_size: int = DEFAULT_BLOCK, mesh=None) -> dict[str, Any]:
-  """Distances + CMC/mAP/mINP from features ``q_feats [Q, D]``, ``g_feats [G, D]``.
+             block_size: int = DEFAULT_BLOCK, mesh=None, part_combine: str = 'mean'
+             ) -> dict[str, Any]:
+  """Distances + CMC/mAP/mINP from features ``q_feats [Q, D]``, ``g_feats [G, D]``, or from
+  part-based features on both sides (dicts ``{'feat': [N, P, D], 'visibility': [N, P]}``, see
+  ``reid_jax.evaluation.features``) compared by BPBreID's part distance
+  (:func:`reid_jax.evaluation.distance.part_distance`; ``metric`` must then be 'euclidean',
+  ``part_combine`` is 'mean' or 'max').
 
   Distances are formed for ``block_size`` query rows at a time (rows sharded over the mesh axis
   'data', AxisType.Auto; the gallery replicated), then ranked by the counting kernel of
-  :func:`rank_metrics`. Peak device memory is about ``G*D*4 + 2*block_size*G*4`` bytes; the
-  ``[Q, G]`` matrix is never formed.
+  :func:`rank_metrics`. Peak device memory is about ``G*D*4 + 2*block_size*G*4`` bytes (part
+  features: ``G*P*D*4`` for the gallery and a few ``block_size*G*4`` for the per-part
+  accumulators); the ``[Q, G]`` matrix is never formed. Part pairs with no common visible part rank after every other
+  gallery item of their query, as under BPBreID's whole-matrix ``max + 1`` rule.
   ``metric``: 'euclidean' | 'sqeuclidean' | 'cosine'. ``rerank``: False, True (paper 20/6/0.3)
   or a preset name of :data:`reid_jax.evaluation.rerank.PRESETS` / a dict of re_rank kwargs;
   re-ranking needs the ``[Q, G]``, ``[Q, Q]`` and ``[G, G]`` distances (see rerank.py).
@@ -392,19 +402,16 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
   """
   check_metric(metric)
   check_ap(ap)
-  q_feats = np.asarray(q_feats, np.float32)
-  g_feats = np.asarray(g_feats, np.float32)
-  if q_feats.ndim != 2 or g_feats.ndim != 2 or q_feats.shape[1] != g_feats.shape[1]:
-    raise ValueError(f'q_feats and g_feats must be [Q, D] and [G, D] with one D, got '
-                     f'{q_feats.shape} and {g_feats.shape}')
-  for name, f in (('q_feats', q_feats), ('g_feats', g_feats)):
-    if not np.isfinite(f).all():
-      raise ValueError(f'{name} has NaN or inf at rows {np.flatnonzero(~np.isfinite(f).all(1))[:5]}')
-  nq, ng = q_feats.shape[0], g_feats.shape[0]
+  check_part_combine(part_combine)
+  q_feats, g_feats = feature_lib.check_pair(q_feats, g_feats)
+  if feature_lib.is_parts(q_feats):
+    check_part_metric(metric)
+  nq, ng = feature_lib.num_rows(q_feats), feature_lib.num_rows(g_feats)
   q_pids, q_camids, g_pids, g_camids = check_labels(nq, ng, q_pids, g_pids, q_camids, g_camids)
   if rerank:
     from reid_jax.evaluation import rerank as rr  # noqa: PLC0415
-    distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric)
+    distmat = rr.re_rank_features(q_feats, g_feats, rerank, metric=metric,
+                                  part_combine=part_combine)
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap,
                         block_size=block_size, mesh=mesh)
   max_rank = _clamp_max_rank(max_rank, ng)
@@ -413,14 +420,19 @@ def evaluate(q_feats, g_feats, q_pids, g_pids, q_camids, g_camids, *, metric: st
   work = _Work(q_pids, g_pids, q_camids, g_camids)
   gallery = [dev.put(x, replicate=True) for x in (g_feats, g_pids, g_camids)]
 
+  def padded_rows(a, queries):  # rows ``queries`` of a, zero (False) rows below: never ranked
+    out = np.zeros((rows,) + a.shape[1:], a.dtype)
+    out[:len(queries)] = a[queries]
+    return out
+
   def block_distances(queries):
     m = len(queries)
-    qf = np.zeros((rows, q_feats.shape[1]), np.float32)
-    qf[:m] = q_feats[queries]
+    qf = feature_lib.map_rows(lambda a: padded_rows(a, queries), q_feats)
     labels = np.full((2, rows), -1, np.int32)  # padding rows: pid -1, never ranked
     labels[:, :m] = q_pids[queries], q_camids[queries]
     d = _masked_distances(dev.put(qf), gallery[0], dev.put(labels[0]), dev.put(labels[1]),
-                          gallery[1], gallery[2], metric=metric, padded=work.padded)
+                          gallery[1], gallery[2], metric=metric, part_combine=part_combine,
+                          padded=work.padded)
     return d if mesh is None else jax.device_put(d, dev.rep)  # items may rank any row
 
   counts = _rank_items(block_distances, rows, work, dev)

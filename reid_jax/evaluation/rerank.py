@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from reid_jax.evaluation.distance import check_metric, pairwise_distance
+from reid_jax.evaluation import features as feature_lib
+from reid_jax.evaluation.distance import check_metric, distance_matrix
 
 # name -> (re_rank kwargs, metric of the input distances)
 PRESETS = {
@@ -308,10 +309,18 @@ def re_rank(q_g, q_q, g_g, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
   return _final(s, q_g, cmax[:nq], jnp.float32(lambda_value), square=bool(square))
 
 
-def re_rank_features(q_feats, g_feats, rerank=True, *, metric: str = 'sqeuclidean') -> jax.Array:
+def re_rank_features(q_feats, g_feats, rerank=True, *, metric: str = 'sqeuclidean',
+                     part_combine: str = 'mean') -> jax.Array:
   """Re-ranked ``[Q, G]`` from features. ``rerank``: True (paper defaults 20/6/0.3 on the
   distances of ``metric``, not squared again: the BoT convention), a PRESETS name (its own metric
-  and squaring), or a dict of :func:`re_rank` kwargs applied to ``metric`` distances."""
+  and squaring), or a dict of :func:`re_rank` kwargs applied to ``metric`` distances.
+
+  Part-based features (dicts, ``reid_jax.evaluation.features``) have one distance, BPBreID's
+  part distance (``part_combine``), for ``q_g``, ``q_q`` and ``g_g`` alike, each matrix with its
+  own no-common-part value (its own max + 1), as BPBreID's engine computes them; a preset's input
+  metric does not apply to them (its k1/k2/lambda and squaring do). BPBreID passes its part
+  distances to the classic code, which squares them: the 'zhong2017' preset.
+  """
   if rerank is True:
     kwargs = dict(PRESETS['bot'][0])
   elif isinstance(rerank, str):
@@ -323,7 +332,11 @@ def re_rank_features(q_feats, g_feats, rerank=True, *, metric: str = 'sqeuclidea
   else:
     raise ValueError(f'rerank must be True, a preset name or a dict, got {rerank!r}')
   check_metric(metric)
-  q = jnp.asarray(q_feats, jnp.float32)
-  g = jnp.asarray(g_feats, jnp.float32)
-  return re_rank(pairwise_distance(q, g, metric), pairwise_distance(q, q, metric),
-                 pairwise_distance(g, g, metric), **kwargs)
+  if feature_lib.is_parts(q_feats):
+    metric = 'euclidean'  # BPBreID's per-part distance; the only one for part features
+  q, g = feature_lib.check_pair(q_feats, g_feats)
+
+  def dist(a, b):
+    return distance_matrix(a, b, metric, part_combine=part_combine)
+
+  return re_rank(dist(q, g), dist(q, q), dist(g, g), **kwargs)
