@@ -442,32 +442,24 @@ def _eval_masks_and_feature(graphdef, state, images):
   return out['masks'][PARTS], model.test_feature(out)
 
 
-def part_distance_matrix(feat: Array, visibility: Array) -> Array:
-  """The official test distance between ``[N, P, D]`` features (each entry L2-normalised here)
-  with ``[N, P]`` visibility: per entry Euclidean distance, mean over the entries visible in both
-  (weighted by ``sqrt(v_i v_j)`` when continuous); a pair without a common entry gets the largest
-  valid distance + 1. ``[N, N]``."""
-  f = feat / jnp.maximum(jnp.linalg.norm(feat, axis=-1, keepdims=True), 1e-12)
-  v = visibility.T
-  valid = (v[:, None, :] & v[:, :, None]) if v.dtype == jnp.bool_ \
-      else jnp.sqrt(v[:, None, :] * v[:, :, None])
-  dist = masked_mean_distance(part_pairwise_distances(f), valid)
-  return jnp.where(dist == -1, jnp.max(dist) + 1, dist)
-
-
 def bpbreid_pictures(model, batch, config, directory, count: int = 4, topk: int = 8) -> list[str]:
   """``parts_rank_NNNN.png``: ranked lists within a training batch (P identities of K images),
   every image drawn with its predicted part masks and part visibility
   (``visualize.part_masks_tile``). The queries are the first image of the first ``count``
-  identities; the rest of the batch is the gallery, ranked by the part distance of the test
-  feature (eval mode)."""
+  identities; the rest of the batch is the gallery, ranked by the evaluation's distance of the
+  test feature (eval mode; ``config.eval`` normalisation, metric and part combination)."""
+  from reid_jax import evaluation
   from reid_jax.evaluation import visualize
   from reid_jax.models.san import _to_uint8
   images = np.asarray(batch['image'], np.float32)
   labels = np.asarray(batch['label'])
   graphdef, state = nnx.split(model)
   masks, feature = _eval_masks_and_feature(graphdef, state, jnp.asarray(images))
-  dist = np.asarray(part_distance_matrix(feature['feat'], feature['visibility']))
+  feature = evaluation.features.normalize(feature) if config.eval.get('normalize', True) \
+      else feature
+  dist = np.asarray(evaluation.distance_matrix(
+      feature, feature, config.eval.get('metric', 'euclidean'),
+      part_combine=config.eval.get('part_combine', 'mean')))
   masks = np.asarray(masks)
   vis = np.asarray(feature['visibility'])[:, -masks.shape[-1]:]   # the K part entries
   size = tuple(config.input.size)
