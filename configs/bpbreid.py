@@ -43,12 +43,9 @@ def loss_weights(foreground_triplet: bool = False) -> dict:
 
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, dataset='occluded_duke', backbone='hrnet32')
-  if args.dataset not in DATASETS:
-    raise ValueError(f'configs/bpbreid.py: dataset must be one of {DATASETS}, got '
-                     f'{args.dataset!r}')
-  if args.backbone not in BACKBONES:
-    raise ValueError(f'configs/bpbreid.py: backbone must be one of {BACKBONES}, got '
-                     f'{args.backbone!r}')
+  for key, known in (('dataset', DATASETS), ('backbone', BACKBONES)):
+    if args[key] not in known:
+      raise ValueError(f'configs/bpbreid.py: {key} must be one of {known}, got {args[key]!r}')
   config = config_lib.base_config()
   config.model = config_lib.model_config('bpbreid')
   m = config.model
