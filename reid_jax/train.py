@@ -199,9 +199,11 @@ def load_initial_weights(model: nnx.Module, config) -> None:
       text = e.args[0] if isinstance(e, KeyError) and e.args else e
       raise ValueError(f'config.model.pretrained={pretrained}: {text}') from e
     logging.info('config.model.pretrained: loaded %d tensors from %s into model.base%s; %d '
-                 'unused keys%s', len(report.loaded), pretrained,
+                 'unused keys%s%s', len(report.loaded), pretrained,
                  f' (keys under {report.prefix!r})' if report.prefix else '', len(report.unused),
-                 f': {", ".join(report.unused[:20])}' if report.unused else '')
+                 f': {", ".join(report.unused[:20])}' if report.unused else '',
+                 f'; not in the file, kept at their initial value: {", ".join(report.absent)}'
+                 if report.absent else '')
   elif not config.input.dataset.startswith('synthetic_reid'):
     logging.warning('training %s from random weights: published results start from an ImageNet '
                     'backbone; set --config.model.pretrained=FILE (e.g. torchvision '

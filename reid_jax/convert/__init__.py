@@ -23,6 +23,7 @@ import os
 import pickle
 from typing import Any, Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
@@ -145,12 +146,15 @@ class LoadReport:
   """What ``load_torch_weights`` did. ``unused``: checkpoint keys with no place in the model;
   ``excluded``: model keys left at their initial value (matched by ``exclude``, or ``skipped``:
   classifier keys whose class count differs from the model's, under
-  ``skip_mismatched_classifiers``)."""
+  ``skip_mismatched_classifiers``); ``absent``: optional model keys (``keymaps.Target.optional``)
+  the checkpoint lacks, left at their initial value (HRNet's ``cls_head.*`` with the ImageNet
+  file)."""
   loaded: list[str]
   unused: list[str]
   excluded: list[str]
   aliases_checked: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)
+  absent: list[str] = dataclasses.field(default_factory=list)
   prefix: str = ''  # where the model's keys sat in the checkpoint (load_backbone)
 
   def __str__(self) -> str:
@@ -159,6 +163,9 @@ class LoadReport:
       s += f', excluded {len(self.excluded)} model keys ({", ".join(self.excluded[:5])}...)'
     if self.skipped:
       s += f' ({len(self.skipped)} classifier keys of another class count)'
+    if self.absent:
+      s += (f', {len(self.absent)} optional model keys not in the checkpoint kept their initial '
+            f'value ({", ".join(self.absent[:5])}{"..." if len(self.absent) > 5 else ""})')
     if self.unused:
       s += f'; {len(self.unused)} checkpoint keys unused: {", ".join(self.unused[:10])}'
       s += '...' if len(self.unused) > 10 else ''
@@ -184,6 +191,8 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   initial value (e.g. ``('classifier.*',)`` when fine-tuning on a dataset with other classes).
   ``num_batches_tracked`` entries are ignored. ``model`` may be abstract (``nnx.eval_shape``):
   when the key map covers every variable, loading makes it concrete without a random init.
+  Keys the key map marks optional (``keymaps.Target.optional``) may be absent: they keep their
+  initial value and are listed in ``report.absent`` (an abstract model has none to keep: error).
 
   ``prefix``: the checkpoint names the model's keys with this prefix, e.g. ``'model.'`` for a
   ResNet inside a torchvision-style wrapper (MPN's IDE snapshot ``FtNet.model``); ``exclude``
@@ -206,15 +215,25 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
   wanted = {k: t for k, t in targets.items() if k not in excluded}
   aliases_checked = _check_aliases(state_dict, {
       a: c for a, c in aliases.items() if c in wanted and not is_excluded(a)})
-  missing = sorted(k for k in wanted if k not in state_dict)
+  missing = sorted(k for k in wanted if k not in state_dict and not wanted[k].optional)
   if missing:
     hints = sorted({wanted[k].missing_hint for k in missing if wanted[k].missing_hint})
     raise KeyError(f'checkpoint lacks {len(missing)} key(s) the model needs: '
                    f'{", ".join(missing[:10])}{"..." if len(missing) > 10 else ""} '
                    f'({type(model).__name__} key map; pass exclude=... to skip keys on purpose)'
                    + ''.join(f'; {h}' for h in hints))
+  absent = sorted(k for k in wanted if k not in state_dict and wanted[k].optional)
+  abstract = [k for k in absent
+              if isinstance(wanted[k].variable.get_value(), jax.ShapeDtypeStruct)]
+  if abstract:
+    raise KeyError(f'checkpoint lacks {len(abstract)} optional key(s) ({", ".join(abstract[:5])}'
+                   f'{"..." if len(abstract) > 5 else ""}) that would keep their initial value, '
+                   f'but the {type(model).__name__} model is abstract (nnx.eval_shape) and has '
+                   f'none: build it with real initial values')
   updates, skipped = [], []
   for key, target in wanted.items():
+    if key in absent:
+      continue
     value = np.asarray(state_dict[key])
     current = target.variable.get_value()  # an array, or a ShapeDtypeStruct in an abstract model
     expected = tuple(current.shape)
@@ -239,9 +258,9 @@ def load_torch_weights(model: nnx.Module, state_dict: Mapping[str, np.ndarray], 
                     'value (skip_mismatched_classifiers): %s', ', '.join(sorted(skipped)))
   unused = sorted(k for k in state_dict if k not in targets and k not in aliases
                   and not k.endswith('num_batches_tracked'))
-  return LoadReport(loaded=sorted(set(wanted) - set(skipped)), unused=unused,
+  return LoadReport(loaded=sorted(set(wanted) - set(skipped) - set(absent)), unused=unused,
                     excluded=sorted(excluded + skipped), aliases_checked=aliases_checked,
-                    skipped=sorted(skipped))
+                    skipped=sorted(skipped), absent=absent)
 
 
 def _check_aliases(state_dict: Mapping[str, np.ndarray], aliases: Mapping[str, str]) -> list[str]:
@@ -289,10 +308,14 @@ def load_backbone(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   Every reid_jax method keeps its backbone at ``model.base``; its key map comes from the
   backbone's class (``keymaps.keymap_for``): torchvision ResNet-18/34/50/101/152 (ImageNet files
   ``resnet50-19c8e357.pth``, ``resnet50-0676ba61.pth``), IBN-a ResNets in the IBN-Net / fast-reid
-  layout (``resnet50_ibn_a.pth``: ``bn1.IN.*`` / ``bn1.BN.*``). The backbone keys may sit under
-  one prefix, found in the checkpoint when ``prefix`` is None (``backbone_prefix``): ``''`` for an
-  ImageNet file, ``'model.'`` for MPN's IDE snapshot (WangKan0128/MPN ``data/1501.pth``, an
-  ``FtNet`` whose ``model.fc.*`` and ``classifier.*`` are reported unused), ``'base.'`` for a BoT
+  layout (``resnet50_ibn_a.pth``: ``bn1.IN.*`` / ``bn1.BN.*``), HRNet-W32 (the ImageNet
+  HRNet-W32-C file ``hrnetv2_w32_imagenet_pretrained.pth``, whose ``downsamp_modules.*``,
+  ``final_layer.*`` and ``classifier.*`` are reported unused and which lacks ``cls_head.*``, kept
+  at its init and listed in ``report.absent``). The backbone keys may sit under one prefix, found
+  in the checkpoint when ``prefix`` is None (``backbone_prefix``, from the backbone's required
+  keys): ``''`` for an ImageNet file, ``'model.'`` for MPN's IDE snapshot (WangKan0128/MPN
+  ``data/1501.pth``, an ``FtNet`` whose ``model.fc.*`` and ``classifier.*`` are reported unused),
+  ``'base.'`` for a BoT checkpoint, ``'backbone_appearance_feature_extractor.'`` for a BPBreID
   checkpoint. A missing or mis-shaped backbone key raises naming it, and then nothing is changed.
   ``report.prefix`` is the prefix used.
   """
@@ -300,7 +323,8 @@ def load_backbone(model: nnx.Module, state_dict: Mapping[str, np.ndarray], *,
   if not isinstance(base, nnx.Module):
     raise ValueError(f'{type(model).__name__} has no backbone module at model.base')
   if prefix is None:
-    prefix = backbone_prefix(state_dict, list(keymaps.keymap_for(base)))
+    required = [k for k, t in keymaps.keymap_for(base).items() if not t.optional]
+    prefix = backbone_prefix(state_dict, required)
   report = load_torch_weights(base, state_dict, prefix=prefix, exclude=exclude)
   report.prefix = prefix
   return report

@@ -9,11 +9,14 @@ the modules of ``base.*`` registered twice). ``@register_aliases(ModelClass)`` d
 duplicates as ``{alias_key: canonical_key}``; the converter core then checks that every alias
 present in a checkpoint equals its canonical tensor, and does not report it as unused.
 
-A ``Target`` may carry two annotations the core acts on: ``classifier=True`` marks a
+A ``Target`` may carry three annotations the core acts on: ``classifier=True`` marks a
 per-class weight (its first axis has one row per training identity), which
 ``load_torch_weights(..., skip_mismatched_classifiers=True)`` leaves at its initial value when the
 checkpoint was trained on another number of classes; ``missing_hint`` is appended to the error
-when the key is absent from a checkpoint (e.g. a module that the official code does not have).
+when the key is absent from a checkpoint (e.g. a module that the official code does not have);
+``optional=True`` marks a key that some official files lack by design (HRNet's ``cls_head.*`` is
+not in the ImageNet HRNet-W32-C file): when absent it keeps its initial value and is listed in
+``LoadReport.absent`` instead of failing.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from flax import nnx
 from reid_jax.models.apnet import APNet
 from reid_jax.models.bot import Baseline
 from reid_jax.models.bpbreid import BPBreID
+from reid_jax.models.hrnet import HRNet, HighResolutionModule
 from reid_jax.models.layers import IBN, BatchNorm
 from reid_jax.models.mpn import MPN
 from reid_jax.models.resnet import ResNet
@@ -48,6 +52,7 @@ class Target:
   kind: str
   classifier: bool = False  # rows = classes: skippable on a class-count mismatch
   missing_hint: str = ''    # appended to the error when a checkpoint lacks the key
+  optional: bool = False    # absent from a checkpoint: keeps its initial value (reported)
 
 
 def register(model_cls: type):
@@ -121,6 +126,12 @@ def with_hint(keymap: KeyMap, hint: str) -> KeyMap:
   return {k: dataclasses.replace(t, missing_hint=hint) for k, t in keymap.items()}
 
 
+def as_optional(keymap: KeyMap) -> KeyMap:
+  """``keymap`` with every target ``optional``: a checkpoint without these keys leaves them at
+  their initial value (listed in ``LoadReport.absent``)."""
+  return {k: dataclasses.replace(t, optional=True) for k, t in keymap.items()}
+
+
 def bn_keys(prefix: str, bn: BatchNorm | IBN) -> KeyMap:
   """``weight, bias, running_mean, running_var`` (``num_batches_tracked`` is dropped)."""
   if isinstance(bn, IBN):
@@ -135,20 +146,28 @@ def bn_keys(prefix: str, bn: BatchNorm | IBN) -> KeyMap:
   return out
 
 
+def block_keys(prefix: str, block) -> KeyMap:
+  """A torchvision ``BasicBlock`` / ``Bottleneck`` (``reid_jax.models.resnet``; HRNet's are the
+  same): ``conv{1,2[,3]}``, ``bn{1,2[,3]}`` and, with a projection shortcut, ``downsample.0``
+  (1x1 conv) and ``downsample.1`` (BN)."""
+  out = {}
+  for ci in (1, 2, 3):
+    if hasattr(block, f'conv{ci}'):
+      out.update(conv_keys(f'{prefix}conv{ci}.', getattr(block, f'conv{ci}')))
+      out.update(bn_keys(f'{prefix}bn{ci}.', getattr(block, f'bn{ci}')))
+  if block.downsample_conv is not None:
+    out.update(conv_keys(prefix + 'downsample.0.', block.downsample_conv))
+    out.update(bn_keys(prefix + 'downsample.1.', block.downsample_bn))
+  return out
+
+
 @register(ResNet)
 def resnet_keys(model: ResNet, prefix: str = '') -> KeyMap:
   """torchvision ResNet layout (methods.md §0.3); ``fc.*`` has no counterpart and stays unused."""
   out = {**conv_keys(prefix + 'conv1.', model.conv1), **bn_keys(prefix + 'bn1.', model.bn1)}
   for li in range(1, 5):
     for bi, block in enumerate(getattr(model, f'layer{li}')):
-      p = f'{prefix}layer{li}.{bi}.'
-      for ci in (1, 2, 3):
-        if hasattr(block, f'conv{ci}'):
-          out.update(conv_keys(f'{p}conv{ci}.', getattr(block, f'conv{ci}')))
-          out.update(bn_keys(f'{p}bn{ci}.', getattr(block, f'bn{ci}')))
-      if block.downsample_conv is not None:
-        out.update(conv_keys(p + 'downsample.0.', block.downsample_conv))
-        out.update(bn_keys(p + 'downsample.1.', block.downsample_bn))
+      out.update(block_keys(f'{prefix}layer{li}.{bi}.', block))
   return out
 
 
@@ -280,6 +299,63 @@ def san_keys(model: SAN) -> KeyMap:
     out.update(bn_keys(q + 'res.res.4.', up.res.bn2))
     out.update(conv_keys(q + 'conv.2.', up.conv))
   out.update(conv_keys(p + 'final_layer.1.', d.final_layer))
+  return out
+
+
+def _sequential_conv_bn_keys(prefix: str, layer) -> KeyMap:
+  """A ``ConvBN`` (keys ``{prefix}0.*``, ``{prefix}1.*``) or an ``nnx.List`` of them, a
+  ``nn.Sequential`` of such Sequentials (``{prefix}{k}.0.*``, ``{prefix}{k}.1.*``)."""
+  if isinstance(layer, nnx.List):
+    out = {}
+    for k, step in enumerate(layer):
+      out.update(conv_bn_keys(f'{prefix}{k}.', step.conv, step.bn))
+    return out
+  return conv_bn_keys(prefix, layer.conv, layer.bn)
+
+
+def hr_module_keys(prefix: str, module: HighResolutionModule) -> KeyMap:
+  """``branches.{b}.{n}.*`` (BasicBlocks) and ``fuse_layers.{i}.{j}.*``: ``0``/``1`` (1x1 conv,
+  BN; the Upsample at ``2`` has no weights) for ``j > i``, ``{k}.0``/``{k}.1`` for the stride-2
+  chain of ``j < i``; nothing for ``j = i``."""
+  out = {}
+  for b, branch in enumerate(module.branches):
+    for n, block in enumerate(branch):
+      out.update(block_keys(f'{prefix}branches.{b}.{n}.', block))
+  for i, row in enumerate(module.fuse_layers):
+    for j, layer in enumerate(row):
+      if layer is not None:
+        out.update(_sequential_conv_bn_keys(f'{prefix}fuse_layers.{i}.{j}.', layer))
+  return out
+
+
+@register(HRNet)
+def hrnet_keys(model: HRNet, prefix: str = '') -> KeyMap:
+  """BPBreID's HRNet-W32 (VlSomers/bpbreid ``torchreid/models/hrnet.py``; 1933 entries with
+  ``num_batches_tracked``): ``conv1``, ``bn1``, ``conv2``, ``bn2``, ``layer1.{0..3}`` (Bottlenecks),
+  ``transition{1,2,3}.{i}`` (``.0``/``.1`` for a width change, ``.{k}.0``/``.{k}.1`` for a new
+  branch), ``stage{2,3,4}.{m}`` (``hr_module_keys``), ``incre_modules.{i}.0`` (Bottlenecks) and
+  ``cls_head.0`` (conv with bias) / ``cls_head.1`` (BN).
+
+  ``cls_head`` is optional: the ImageNet file ``hrnetv2_w32_imagenet_pretrained.pth``
+  (HRNet/HRNet-Image-Classification ``lib/models/cls_hrnet.py``) has no such module, and BPBreID
+  keeps its random init then; that file's ``downsamp_modules.*``, ``final_layer.*`` and
+  ``classifier.*`` (the ImageNet head) have no counterpart and are reported unused. ``prefix``
+  places the backbone inside a larger model (BPBreID:
+  ``'backbone_appearance_feature_extractor.'``)."""
+  out = {**conv_keys(prefix + 'conv1.', model.conv1), **bn_keys(prefix + 'bn1.', model.bn1),
+         **conv_keys(prefix + 'conv2.', model.conv2), **bn_keys(prefix + 'bn2.', model.bn2)}
+  for b, block in enumerate(model.layer1):
+    out.update(block_keys(f'{prefix}layer1.{b}.', block))
+  for s in (2, 3, 4):
+    for i, layer in enumerate(getattr(model, f'transition{s - 1}')):
+      if layer is not None:
+        out.update(_sequential_conv_bn_keys(f'{prefix}transition{s - 1}.{i}.', layer))
+    for m, module in enumerate(getattr(model, f'stage{s}')):
+      out.update(hr_module_keys(f'{prefix}stage{s}.{m}.', module))
+  for i, block in enumerate(model.incre_modules):
+    out.update(block_keys(f'{prefix}incre_modules.{i}.0.', block))
+  out.update(as_optional(conv_bn_keys(prefix + 'cls_head.', model.cls_head.conv,
+                                      model.cls_head.bn)))
   return out
 
 

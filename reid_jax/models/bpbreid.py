@@ -45,13 +45,8 @@ from flax import nnx
 
 from reid_jax import losses
 from reid_jax.models import registry
-from reid_jax.models.layers import BatchNorm, conv
+from reid_jax.models.layers import BatchNorm, conv, resize_bilinear_align_corners
 from reid_jax.models.resnet import resnet_from_config
-
-try:  # shared resize (moved from san.py into layers.py by the HRNet work)
-  from reid_jax.models.layers import resize_bilinear_align_corners
-except ImportError:  # pragma: no cover - before that move
-  from reid_jax.models.san import resize_bilinear_align_corners
 
 Array = jax.Array
 

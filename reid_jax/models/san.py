@@ -41,7 +41,8 @@ from flax import nnx
 
 from reid_jax import losses
 from reid_jax.models import registry
-from reid_jax.models.layers import BatchNorm, conv, global_avg_pool
+from reid_jax.models.layers import (BatchNorm, conv, global_avg_pool,
+                                    resize_bilinear_align_corners)
 from reid_jax.models.mpn import ConvBNReLU
 from reid_jax.models.resnet import ResNet, resnet_from_config
 
@@ -61,36 +62,6 @@ def upsample2x_bilinear(x: Array) -> Array:
   """``nn.Upsample(scale_factor=2, mode='bilinear', align_corners=False)`` on ``[B, h, w, C]``."""
   b, h, w, c = x.shape
   return jax.image.resize(x, (b, 2 * h, 2 * w, c), 'bilinear')
-
-
-def align_corners_matrix(n_in: int, n_out: int) -> np.ndarray:
-  """``[n_out, n_in]`` float32 weights of a linear resize with ``align_corners=True``: row ``i``
-  interpolates at source coordinate ``i * ((n_in - 1) / (n_out - 1))`` (PyTorch's float32
-  arithmetic), two non-zero taps ``1 - t`` and ``t``."""
-  if n_out > 1:
-    src = np.arange(n_out, dtype=np.float32) * (np.float32(n_in - 1) / np.float32(n_out - 1))
-  else:
-    src = np.zeros((1,), np.float32)
-  i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-  i1 = np.minimum(i0 + 1, n_in - 1)
-  t = (src - i0.astype(np.float32)).astype(np.float32)
-  m = np.zeros((n_out, n_in), np.float32)
-  rows = np.arange(n_out)
-  np.add.at(m, (rows, i0), 1 - t)
-  np.add.at(m, (rows, i1), t)
-  return m
-
-
-def resize_bilinear_align_corners(x: Array, size: tuple[int, int]) -> Array:
-  """``F.interpolate(x, size, mode='bilinear', align_corners=True)`` on ``[B, h, w, C]``:
-  separable linear interpolation at source coordinates ``i * (in - 1) / (out - 1)`` (JAX's
-  ``jax.image.resize`` has only half-pixel centres), as two products with constant two-tap
-  matrices at full float32 precision."""
-  mh = jnp.asarray(align_corners_matrix(x.shape[1], size[0]), x.dtype)
-  mw = jnp.asarray(align_corners_matrix(x.shape[2], size[1]), x.dtype)
-  hi = jax.lax.Precision.HIGHEST
-  x = jnp.einsum('oh,bhwc->bowc', mh, x, precision=hi)
-  return jnp.einsum('ow,bhwc->bhoc', mw, x, precision=hi)
 
 
 def reflect_pad(x: Array, pad: int) -> Array:
