@@ -24,8 +24,8 @@ from flax import nnx
 from reid_jax import models
 from reid_jax.convert import keymaps, load_torch_checkpoint, load_torch_weights
 from reid_jax.models import bpbreid as bp
-from tests.torch_reference import (assert_close_rel, assert_running_stats_match, images, nchw,
-                                   numpy_state_dict, randomize_)
+from tests.torch_reference import (REL_BOUND, assert_close_rel, assert_running_stats_match,
+                                   images, nchw, numpy_state_dict, randomize_)
 from tests.torch_reference_bpbreid import (TorchBPBreID, TorchReidResNet, torch_test_feature,
                                            torch_part_based_loss)
 
@@ -104,10 +104,15 @@ def compare_outputs(out, ref, *, binary=True):
     assert_close_rel(out['logits'][name], t2n(value), err_msg=name)
   assert_close_rel(out['pixel_scores'], nhwc(scores))
   assert_close_rel(out['spatial_features'], nhwc(feats))
+  # Masks are softmax probabilities of the scores: |dp_i| <= sum_j p_i |delta_ij - p_j| |ds_j|
+  # <= 2 p_i (1 - p_i) max |ds| <= max |ds| / 2, so the scores' parity bound carries over at half
+  # the scores' scale (sharp random-weight scores can be >> 1).
+  score_scale = np.abs(t2n(scores)).max()
   for name, value in masks.items():
     want = t2n(value)
     want = want.transpose(0, 2, 3, 1) if want.ndim == 4 else want
-    assert_close_rel(out['masks'][name], want, err_msg=name)
+    bound = REL_BOUND * max(1.0, 0.5 * score_scale) / max(np.abs(want).max(), 1e-30)
+    assert_close_rel(out['masks'][name], want, bound=bound, err_msg=name)
   for name, value in vis.items():
     got = np.asarray(out['visibility'][name])
     if binary:
