@@ -79,7 +79,7 @@ def test_dataset_and_backbone_arguments():
   s = load_config('synthetic')
   assert s.input.dataset == 'synthetic_reid/occluded' and s.model.pretrained is None
   assert s.input.parts == 'eight' and s.model.parts == 8
-  assert s.model.backbone == 'resnet' and s.num_epochs == 20 and s.optim.step_at == 'epoch_end'
+  assert s.model.backbone == 'resnet' and s.num_epochs == 30 and s.optim.step_at == 'epoch_end'
   assert s.input.erasing == 'coarse_dropout' and tuple(s.input.coarse_dropout_size) == (0.15, 0.65)
   with pytest.raises(ValueError, match='dataset must be one of'):
     load_config('cuhk03')
