@@ -161,18 +161,19 @@ def train_one(spec: dict) -> dict:
   num_classes = sizes['num_classes']
   out: dict[str, Any] = {'model': spec['model'], 'dtype': spec['dtype'], 'batch': batch,
                          'size': [h, w], 'depth': config.model.depth, 'width': config.model.width}
-  batches = bt.synthetic_batches(2, batch // k, k, h, w, num_classes, seed=0)
+  model_spec = bt.MODELS[spec['model']]
+  batches = bt.model_batches(model_spec, config, 2, batch // k, k, h, w, num_classes, seed=0)
   platform_ = jax.devices()[0].platform
   device = _torch_device(platform_)
   amp, channels_last = bt.torch_settings(device, spec['dtype'])
   torch.manual_seed(0)
-  model = bt.MODELS[spec['model']].torch_builder(config, num_classes)
+  model = model_spec.torch_builder(config, num_classes)
   # A copy: on CPU ``.numpy()`` shares the tensors that the torch steps below update in place.
   state_dict = {k: np.array(v) for k, v in numpy_state_dict(model).items()}
   try:
     t = time.perf_counter()
-    loss_fn = bt.MODELS[spec['model']].torch_loss(config, batch // k, k)
-    side = bt.TorchSide(config, model, batches, device, amp, channels_last, loss_fn)
+    side = bt.make_torch_side(model_spec, config, model, batches, device, amp, channels_last,
+                              batch // k, k)
     del model
     bt.torch_warm_up(side, spec['warmup'], 0.0)
     times = bt.timed_steps(side, spec['steps'], spec['time_cap_s'])

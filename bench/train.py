@@ -20,8 +20,14 @@ labels):
   alignment, hardest-triplet selection on the host as the official code does) and
   ``torch.optim.SGD(momentum, nesterov, weight_decay)``; reid_jax runs ``configs/mpn.py`` (the
   stripes prior). MPN needs >= 6 feature rows: ``--quick`` uses 96x32 for it, and the recipe's
-  own step is ``--model=mpn --size=384x128 --batch=48 --k=8``. On CUDA: AMP (fp16 + GradScaler by default, ``--torch_amp``) and channels_last, the
-  baseline of the issue's target ("1.3x PyTorch AMP channels-last at equal batch").
+  own step is ``--model=mpn --size=384x128 --batch=48 --k=8``. ``--model=san``:
+  ``tests.torch_reference_san`` (SA-Enc + SA-Dec) and its ``train_step`` (the official batch:
+  ReID and decoder gradients, AMSGrad with coupled weight decay on the encoder, the two decoder
+  Adams), on batches that carry a texture per identity; reid_jax runs ``configs/san.py`` with the
+  learning rates of its main phase (epoch 20: AMSGrad live, the warm-up Adam at 0). On CUDA: AMP
+  (fp16 + GradScaler by default, ``--torch_amp``; SAN: ``--torch_amp=bf16`` or ``none``, its two
+  objectives have no GradScaler here) and channels_last, the baseline of the issue's target
+  ("1.3x PyTorch AMP channels-last at equal batch").
 Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
 alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
 of ``--steps`` steps, each synchronised (``block_until_ready`` / ``cuda.synchronize``);
@@ -73,7 +79,13 @@ class ModelSpec:
   # (config, p, k) -> loss(train-mode output, labels): the method's objective in torch.
   torch_loss: Callable | None = None
   quick_size: str = '64x32'          # --quick input size (HxW)
+  quick_model: dict | None = None    # --quick: config.model overrides (e.g. a narrow decoder)
   note: str = ''
+  # (config, batches, seed) -> batches with the method's extra fields (SAN: 'texture').
+  add_fields: Callable | None = None
+  # (config, model, batches, device, amp, channels_last, p, k) -> a side replacing TorchSide
+  # (a method whose step is not one loss and one optimizer).
+  torch_side: Callable | None = None
 
 
 def _torch_bnneck_loss(config, p, k):
@@ -129,6 +141,32 @@ def _torch_mpn_loss(config, p, k):
   return loss
 
 
+def _torch_san(config, num_classes):
+  from tests.torch_reference_san import TorchSAN, TorchSANDecoder, TorchSANEncoder
+  m = config.model
+  encoder = TorchSANEncoder(num_classes, feature_dim=m.feature_dim, depth=m.depth,
+                            width=m.width)
+  stage_channels = [c * (4 if m.depth >= 50 else 1) for c in
+                    (m.width, 2 * m.width, 4 * m.width, 8 * m.width)]
+  return TorchSAN(encoder, TorchSANDecoder(stage_channels, tuple(m.decoder_channels),
+                                           m.texture_size))
+
+
+def _san_textures(config, batches, seed):
+  """A texture ``[T, T, 3]`` in [-1, 1] per identity (``T = config.model.texture_size``), the
+  same for all its images, as synthetic_reid's."""
+  rng = np.random.default_rng(seed + 1)
+  t = config.model.texture_size
+  textures = {}
+  out = []
+  for b in batches:
+    for label in b['label']:
+      if int(label) not in textures:
+        textures[int(label)] = rng.uniform(-1, 1, (t, t, 3)).astype(np.float32)
+    out.append(dict(b, texture=np.stack([textures[int(y)] for y in b['label']])))
+  return out
+
+
 MODELS: dict[str, ModelSpec] = {
     'baseline': ModelSpec('configs/baseline.py', torch_builder=_torch_bot,
                           torch_loss=_torch_bnneck_loss),
@@ -139,7 +177,26 @@ MODELS: dict[str, ModelSpec] = {
     # Same default step size too (a 16x8 map: stripes of 2 rows); the recipe is 384x128, P6 x K8.
     'mpn': ModelSpec('configs/mpn.py', torch_builder=_torch_mpn, torch_loss=_torch_mpn_loss,
                      quick_size='96x32'),
+    # The recipe's step: 256x128, P16 x K4, 256x256 textures.
+    'san': ModelSpec('configs/san.py', torch_builder=_torch_san,
+                     add_fields=_san_textures, torch_side=lambda *a: SANTorchSide(*a),
+                     quick_model=dict(feature_dim=32, decoder_channels=(16, 8, 8, 4, 4),
+                                      texture_size=32)),
 }
+
+
+def model_batches(spec: ModelSpec, config, n, p, k, h, w, num_classes, seed=0):
+  """``synthetic_batches`` plus the method's extra fields."""
+  batches = synthetic_batches(n, p, k, h, w, num_classes, seed)
+  return spec.add_fields(config, batches, seed) if spec.add_fields else batches
+
+
+def make_torch_side(spec: ModelSpec, config, model, batches, device, amp, channels_last, p, k):
+  """The PyTorch side of ``spec``: its own ``torch_side``, or ``TorchSide`` with its loss."""
+  if spec.torch_side is not None:
+    return spec.torch_side(config, model, batches, device, amp, channels_last, p, k)
+  return TorchSide(config, model, batches, device, amp, channels_last,
+                   spec.torch_loss(config, p, k))
 
 
 def load_config(name: str):
@@ -236,6 +293,13 @@ class JaxSide:
     fields = models.get_method(config.model.name).batch_fields(config)
     self.batches = [train.put_batch(self.mesh, b, fields) for b in batches]
     self.lr = jnp.float32(config.optim.lr)
+    if len(tx.groups) > 1:
+      # Several optimizer groups (SAN): the learning rates of the first epoch in which
+      # config.optim (the main group) is live, the recipe's main phase.
+      epoch = int(config.optim.get('start_epoch', 0) or 0)
+      tables = tx.learning_rates(config, epoch + 1)
+      self.lr = {g: jnp.float32(t[epoch]) for g, t in tables.items()}
+      self.info['learning_rates'] = {g: float(v) for g, v in self.lr.items()}
     t = time.perf_counter()
     lowered = self.step_fn.lower(self.state, self.batches[0], self.lr)
     self.info['lower_s'] = time.perf_counter() - t
@@ -335,8 +399,9 @@ def torch_optimizer(model, optim_config):
   (or ``torch.optim.SGD`` with momentum / nesterov for ``name='sgd'``, as MPN)."""
   import torch
   c = optim_config
-  if c.name not in ('adam', 'sgd'):
-    raise SystemExit(f'bench/train.py: torch side implements Adam and SGD, config has {c.name!r}')
+  if c.name not in ('adam', 'amsgrad', 'sgd'):
+    raise SystemExit(f'bench/train.py: torch side implements Adam, AMSGrad and SGD, config has '
+                     f'{c.name!r}')
   groups = []
   for key, value in model.named_parameters():
     if not value.requires_grad:
@@ -347,7 +412,8 @@ def torch_optimizer(model, optim_config):
     groups.append({'params': [value], 'lr': lr, 'weight_decay': wd})
   if c.name == 'sgd':
     return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov)
-  return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), eps=1e-8)
+  return torch.optim.Adam(groups, lr=c.lr, betas=tuple(c.betas), eps=1e-8,
+                          amsgrad=c.name == 'amsgrad')
 
 
 class TorchSide:
@@ -422,6 +488,52 @@ class TorchSide:
     if self.device.type == 'cuda':
       d['device_name'] = torch.cuda.get_device_name(self.device)
     return d
+
+
+class SANTorchSide(TorchSide):
+  """SAN's step in PyTorch (``tests.torch_reference_san.train_step``): the ReID objective with
+  ``config.optim`` (AMSGrad, coupled weight decay) over the encoder, the decoder objective with
+  ``config.optim_encoder`` / ``config.optim_decoder`` (Adam) over the encoder / decoder; the head
+  reopened after each batch as the official loop does. ``last_loss`` is the ReID loss, as the
+  jax side's ``metrics['loss']``."""
+
+  def __init__(self, config, model, batches, device, amp, channels_last, p, k):
+    import torch
+    if amp == 'fp16':
+      raise SystemExit('--model=san: the PyTorch side has no GradScaler for its two objectives; '
+                       'pass --torch_amp=bf16 or --torch_amp=none')
+    super().__init__(config, model, batches, device, amp, channels_last, loss_fn=None)
+    self.k = k
+    enc, dec = self.model.encoder, self.model.decoder
+    adam = lambda params, c: torch.optim.Adam(params, lr=c.lr, betas=tuple(c.betas),  # noqa: E731
+                                              weight_decay=c.weight_decay)
+    self.opts = {'main': torch_optimizer(enc, config.optim),
+                 'encoder': adam(enc.parameters(), config.optim_encoder),
+                 'decoder': adam(dec.parameters(), config.optim_decoder)}
+    self.textures = [torch.from_numpy(b['texture']).permute(0, 3, 1, 2).contiguous()
+                     .to(self.device) for b in batches]
+
+  def step(self) -> float:
+    import contextlib
+    import functools
+
+    from tests import torch_reference_san as ts
+    torch = self.torch
+    i = self._i % len(self.batches)
+    x, y = self.batches[i]
+    self._i += 1
+    autocast = (functools.partial(torch.autocast, self.device.type, dtype=self.amp_dtype)
+                if self.amp_dtype is not None else contextlib.nullcontext)
+    self._sync()
+    t = time.perf_counter()
+    losses = ts.train_step(self.model.encoder, self.model.decoder, self.opts, x, y,
+                           self.textures[i], k=self.k, autocast=autocast)
+    ts.set_head(self.model.encoder, closed=False)  # open_all_layers at the batch end
+    self.last_loss = losses['loss']
+    if self._i == 1:
+      self.first_loss = self.last_loss
+    self._sync()
+    return time.perf_counter() - t
 
 
 def torch_settings(torch_device: str, dtype: str, torch_amp: str = 'auto',
@@ -523,8 +635,8 @@ def parse_args(argv=None):
                   help="torch.set_num_threads (0: torch's default, one per core)")
   ap.add_argument('--num_batches', type=int, default=2, help='distinct synthetic batches cycled')
   ap.add_argument('--quick', action='store_true',
-                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32 (MPN: 96x32), '
-                  '1 warm-up, 2 steps')
+                  help='smoke run: depth 18, width 8, batch 8 (P2 x K4), 64x32 (MPN: 96x32; SAN: '
+                  'a narrow decoder, 32x32 textures), 1 warm-up, 2 steps')
   ap.add_argument('--seed', type=int, default=0)
   args = ap.parse_args(argv)
   if args.quick:
@@ -563,6 +675,8 @@ def main(argv=None):
     config.model.depth = args.depth
   if args.width:
     config.model.width = args.width
+  if args.quick and spec.quick_model:
+    config.model.update(spec.quick_model)
   result['model_config'] = {k: config.model[k] for k in ('name', 'depth', 'width', 'last_stride',
                                                          'dtype')}
   result['loss'] = {k: config.loss.get(k) for k in ('ce_epsilon', 'triplet_margin',
@@ -596,7 +710,8 @@ def main(argv=None):
         'of torch, or pass --torch_device=cpu (not the issue\'s baseline) or --side=jax.')
   amp, channels_last = torch_settings(torch_device, args.dtype, args.torch_amp, args.channels_last)
 
-  batches = synthetic_batches(args.num_batches, p, args.k, h, w, args.num_classes, args.seed)
+  batches = model_batches(spec, config, args.num_batches, p, args.k, h, w, args.num_classes,
+                          args.seed)
   sampler = RssSampler()
   rss_start = sampler.now()
   sides = []
@@ -627,8 +742,8 @@ def main(argv=None):
     if want_torch:
       rss0 = sampler.mark()
       t = time.perf_counter()
-      side = TorchSide(config, torch_model, batches, torch_device, amp, channels_last,
-                       spec.torch_loss(config, p, args.k))
+      side = make_torch_side(spec, config, torch_model, batches, torch_device, amp,
+                             channels_last, p, args.k)
       del torch_model
       warm = torch_warm_up(side, args.warmup, torch_build_s)
       log(f'torch: warm-up steps {[round(x, 2) for x in warm]} s')

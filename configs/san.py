@@ -13,39 +13,42 @@ decay) in both phases. P16 x K4 at 256x128, Random2DTranslation (p 0.5, x1.125),
 erasing 0.5 (ImageNet-mean fill); the texture is not flipped with the image (official).
 Test: ``v`` (512, after the ReLU), not normalised, squared Euclidean, no flip.
 
-The official code freezes ``fc`` and ``classifier`` after the first batch of every epoch
-(``close_specified_layers``); ``freeze_fc=official`` (default) reproduces it, ``freeze_fc=never``
-trains them every step.
+The official code closes ``fc`` and ``classifier`` (``close_specified_layers``) for the decoder
+step of every batch and reopens them at the batch end: ``close_head=decoder_step`` (default; every
+layer trained by the ReID loss every step). ``close_head=rest_of_epoch`` keeps them closed from
+each epoch's second batch to the epoch end (stepped with zero gradients, as PyTorch 1.x did).
 
 Usage: --config=configs/san.py[:ARGS] with ARGS a dataset (cuhk03_np/labeled (default, as the
 released code), market1501, dukemtmc_reid, msmt17, synthetic) and/or key=value items:
-dataset=NAME, freeze_fc=official|never, flip_texture=0|1. Real datasets need textures (not
-provided by ``prepare`` yet); ``synthetic`` (synthetic_reid/demo, narrow network, short schedule)
-trains on 2 CPU cores in minutes.
+dataset=NAME, close_head=decoder_step|rest_of_epoch, flip_texture=0|1,
+missing_texture=error|skip. Real datasets need a texture per image
+(``prepare NAME --texture_dir=DIR``); ``missing_texture=skip`` trains the decoder only on the
+images that have one. ``synthetic`` (synthetic_reid/demo, narrow network, short schedule) trains
+on 2 CPU cores in minutes.
 """
 
 import ml_collections
 
 from reid_jax import config_lib
-from reid_jax.models.san import DECODER_CHANNELS, FREEZE_FC
+from reid_jax.models.san import CLOSE_HEAD, DECODER_CHANNELS, MISSING_TEXTURE
 
 WARMUP_EPOCHS = 20
 MAIN_EPOCHS = 300
 
 
 def get_config(arg=None):
-  args = config_lib.parse_arg(arg, dataset='cuhk03_np/labeled', freeze_fc='official',
-                              flip_texture=0)
-  if args.freeze_fc not in FREEZE_FC:
-    raise ValueError(f'configs/san.py: freeze_fc must be one of {FREEZE_FC}, '
-                     f'got {args.freeze_fc!r}')
+  args = config_lib.parse_arg(arg, dataset='cuhk03_np/labeled', close_head='decoder_step',
+                              flip_texture=0, missing_texture='error')
+  for key, allowed in (('close_head', CLOSE_HEAD), ('missing_texture', MISSING_TEXTURE)):
+    if args[key] not in allowed:
+      raise ValueError(f'configs/san.py: {key} must be one of {allowed}, got {args[key]!r}')
   if args.dataset == 'cuhk03_np':
     args.dataset = 'cuhk03_np/labeled'
   config = config_lib.base_config()
   config.model = config_lib.model_config('san')
   config.model.update(stem_relu=True, last_stride=1, feature_dim=512,
                       decoder_channels=DECODER_CHANNELS, texture_size=256,
-                      freeze_fc_after_first_batch=args.freeze_fc)
+                      close_head=args.close_head)
 
   config.input.dataset = args.dataset
   config.input.size = (256, 128)
@@ -58,6 +61,9 @@ def get_config(arg=None):
   config.input.texture = True
   config.input.texture_size = 256
   config.input.flip_texture = bool(int(args.flip_texture))
+  # 'error': an image without a texture stops the input pipeline, naming it; 'skip': the pipeline
+  # yields texture_valid [B] and such images take no part in the decoder loss.
+  config.input.missing_texture = args.missing_texture
 
   config.loss = ml_collections.ConfigDict(dict(
       ce_epsilon=0.1, triplet_margin=0.3, decoder_triplet_margin=0.3, rec_weight=1.0,
@@ -85,16 +91,21 @@ def get_config(arg=None):
 
   if args.dataset == 'synthetic':
     config_lib.synthetic_demo(config)
-    # Narrow ResNet-18 at 128x64 and a narrow decoder predicting the stored 64x64 textures; the
-    # two phases and four optimizers are kept, compressed to 2 + 10 epochs.
-    config.input.translate_prob = 0.5
-    config.input.texture_size = 64
-    config.model.texture_size = 64
+    # Narrow ResNet-18 at 128x64, v of 128, a narrow decoder. Its output (128x64, the input's
+    # size) is stretched to 128x128, as the recipe stretches 256x128 to 256x256 (the stored 64x64
+    # textures are resized to it). The two phases and four optimizers are kept, compressed to
+    # 2 + 8 epochs. Learning rates: the ReID ones at the other demos' 1e-3; the backbone's decoder
+    # Adam keeps the recipe's ratio to the main one (1e-5 / 8e-4: the decoder loss steers the
+    # backbone 80x less than the ReID loss); only the decoder's own Adam is raised (1e-5 -> 1e-3),
+    # since the decoder starts from scratch and has ~560 steps instead of ~37k.
+    config.input.texture_size = 128
+    config.model.texture_size = 128
     config.model.feature_dim = 128
     config.model.decoder_channels = (64, 32, 16, 8, 8)
     config.optim_warmup.update(lr=1e-4, gamma=10 ** 0.5, end_epoch=2)
-    config.optim.update(lr=1e-3, milestones=(8,), start_epoch=2, end_epoch=12)
-    config.optim_encoder.lr = config.optim_decoder.lr = 1e-3
-    config.num_epochs = 12
-    config.eval.every_epochs = 6
+    config.optim.update(lr=1e-3, milestones=(6,), start_epoch=2, end_epoch=10)
+    config.optim_encoder.lr = config.optim.lr * 1e-5 / 8e-4
+    config.optim_decoder.lr = 1e-3
+    config.num_epochs = 10
+    config.eval.every_epochs = 5
   return config

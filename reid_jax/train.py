@@ -504,6 +504,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   data_dir = config.input.get('data_dir')
   ensure_prepared(config.input.dataset, data_dir)
   info = data.dataset_info(config.input, data_dir=data_dir)
+  method = registry.get_method(config.model.name)
+  if method.check_data is not None:
+    method.check_data(config, info)  # e.g. SAN without textures: refused before building
   mesh = make_mesh(config)
   plan = data.train_plan(config.input, seed=config.seed, num_epochs=config.num_epochs,
                          data_dir=data_dir)
@@ -518,7 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     graphdef, state, optimizers = init_state(config, info.num_classes, mesh, fresh=not resuming)
     train_step = make_train_step(graphdef, optimizers, config, mesh)
     epoch_lrs = optimizers.learning_rates(config, config.num_epochs)
-    fields = registry.get_method(config.model.name).batch_fields(config)
+    fields = method.batch_fields(config)
     train_iter = data.train_iterator(config.input, seed=config.seed,
                                      process_index=jax.process_index(),
                                      process_count=jax.process_count(),
@@ -595,7 +598,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       results = evaluate_model(model_from_state(graphdef, state), config, mesh, data_dir=data_dir,
                                pictures_dir=workdir / 'pictures')
       final.update(summary(results))
-    method = registry.get_method(config.model.name)
     if method.pictures is not None and step > start_step and jax.process_index() == 0:
       with fileio.LocalStaging(workdir / 'pictures') as directory:  # the last training batch
         method.pictures(model_from_state(graphdef, state), batch, config, directory)

@@ -1,6 +1,6 @@
 """Smoke test of the training benchmark: ``bench/train.py --quick`` (ResNet-18 width 8, 64x32,
-batch 8, 1 warm-up + 2 timed steps per side) in its own process, for BoT and MPN (96x32); the JSON
-has both sides' numbers.
+batch 8, 1 warm-up + 2 timed steps per side) in its own process, for BoT, MPN (96x32) and SAN
+(its two objectives and four optimizers, 256x256 textures); the JSON has both sides' numbers.
 
 The process gets one CPU device (not the 8 simulated ones of conftest) and XLA flags that cut
 compile time (this checks the plumbing, not the speed)."""
@@ -16,7 +16,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('model', ['baseline', 'mpn'])
+@pytest.mark.parametrize('model', ['baseline', 'mpn', 'san'])
 def test_bench_train_quick(model, tmp_path):
   # TORCHINDUCTOR_CACHE_DIR: torch's optimizers import torch._dynamo, which would otherwise leave
   # a cache folder in the session's temp dir.
@@ -51,4 +51,10 @@ def test_bench_train_quick(model, tmp_path):
     # two sides agree to float32 rounding (later steps drift: this runs XLA unoptimised).
     assert out['size'] == [96, 32]
     assert abs(j['first_loss'] - out['torch']['first_loss']) <= 1e-5 * out['torch']['first_loss']
+  if model == 'san':
+    # The ReID loss of the first step, same weights and batch (the decoder's texture does not
+    # enter it); the main phase's learning rates: AMSGrad live, the warm-up Adam off.
+    assert abs(j['first_loss'] - out['torch']['first_loss']) <= 1e-5 * out['torch']['first_loss']
+    assert j['learning_rates'] == {'warmup': 0.0, 'main': pytest.approx(8e-4),
+                                   'encoder': pytest.approx(1e-5), 'decoder': pytest.approx(1e-5)}
   print(f'bench/train.py --quick --model={model}: {elapsed:.1f} s')

@@ -1,8 +1,9 @@
 """SAN (reid_jax/models/san.py, configs/san.py; docs/san.md) against PyTorch references written in
 tests/torch_reference_san.py: the interpolations, the released recipe's per-epoch learning rates,
 checkpoint import (encoder + decoder), the eval-mode test feature, texture and decoder maps of the
-full-size model, and train steps (losses, gradients, the official ``close_specified_layers``)
-against a PyTorch run of the same steps."""
+full-size model, train steps (losses, gradients, both ``close_specified_layers`` behaviours)
+against a PyTorch run of the same steps, images without a texture, and the refusal to train
+without textures."""
 
 import pathlib
 import runpy
@@ -79,7 +80,7 @@ def test_config_is_the_released_recipe():
   assert c.model.name == 'san' and c.model.depth == 50 and c.model.last_stride == 1
   assert c.model.stem_relu and c.model.feature_dim == 512 and c.model.texture_size == 256
   assert tuple(c.model.decoder_channels) == (512, 256, 64, 32, 16)
-  assert c.model.freeze_fc_after_first_batch == 'official'
+  assert c.model.close_head == 'decoder_step' and c.input.missing_texture == 'error'
   assert c.input.dataset == 'cuhk03_np/labeled' and tuple(c.input.size) == (256, 128)
   assert (c.input.p, c.input.k, c.input.crop, c.input.translate_prob) == (16, 4, 'translate', 0.5)
   assert c.input.texture and c.input.texture_size == 256 and not c.input.flip_texture
@@ -89,21 +90,53 @@ def test_config_is_the_released_recipe():
   for s in (c.optim_encoder, c.optim_decoder):
     assert (s.name, s.lr, tuple(s.betas), s.weight_decay) == ('adam', 1e-5, (0.5, 0.999), 0.0)
   assert (c.eval.flip, c.eval.normalize, c.eval.metric) == ('none', False, 'sqeuclidean')
-  d = load_config('market1501,freeze_fc=never,flip_texture=1')
-  assert d.input.dataset == 'market1501' and d.model.freeze_fc_after_first_batch == 'never'
-  assert d.input.flip_texture
+  d = load_config('market1501,close_head=rest_of_epoch,flip_texture=1,missing_texture=skip')
+  assert d.input.dataset == 'market1501' and d.model.close_head == 'rest_of_epoch'
+  assert d.input.flip_texture and d.input.missing_texture == 'skip'
   s = load_config('synthetic')
   assert s.input.dataset == 'synthetic_reid/demo' and s.input.texture
   assert s.input.texture_size == s.model.texture_size
-  with pytest.raises(ValueError, match='freeze_fc'):
-    load_config('freeze_fc=always')
+  with pytest.raises(ValueError, match='close_head'):
+    load_config('close_head=always')
+  with pytest.raises(ValueError, match='missing_texture'):
+    load_config('missing_texture=zero')
 
 
-def test_training_without_textures_is_refused_saying_what_san_needs():
+def test_training_without_textures_is_refused_saying_what_san_needs(monkeypatch, tmp_path):
+  method = models.get_method('san')
+  c = load_config('synthetic')
+  assert method.batch_fields(c) == ('image', 'label', 'texture')
+  c.input.missing_texture = 'skip'
+  assert method.batch_fields(c) == ('image', 'label', 'texture', 'texture_valid')
+  c.input.missing_texture = 'zero'
+  with pytest.raises(ValueError, match='missing_texture'):
+    method.batch_fields(c)
   c = load_config('synthetic')
   c.input.texture = False
   with pytest.raises(ValueError, match=r'config.input.texture=True'):
-    models.get_method('san').batch_fields(c)
+    method.batch_fields(c)
+  # A dataset prepared without textures: the loop refuses before it builds or compiles anything,
+  # saying what SAN needs.
+  from reid_jax import data
+  c = load_config('market1501')
+  info = data.DatasetInfo(name='market1501', num_classes=751, num_cameras=6,
+                          split_sizes={'train': 12936}, image_shape=(None, None, 3),
+                          features=('image', 'pid', 'camid', 'label'), parts=None)
+  monkeypatch.setattr(train, 'ensure_prepared', lambda *a: 'market1501')
+  monkeypatch.setattr(data, 'dataset_info', lambda *a, **k: info)
+
+  def built(*a, **k):
+    raise AssertionError('the model was built before the dataset was checked')
+  monkeypatch.setattr(train, 'make_mesh', built)
+  monkeypatch.setattr(train, 'init_state', built)
+  with pytest.raises(ValueError) as e:
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
+  for words in ("'market1501' has no textures", 'a texture for every training image',
+                'synthetic_reid', '--texture_dir'):
+    assert words in str(e.value), (words, str(e.value))
+  c.input.texture = False  # and a config that does not ask for them
+  with pytest.raises(ValueError, match='config.input.texture is off'):
+    train.train_and_evaluate(c, str(tmp_path / 'run'))
 
 
 def test_texture_follows_the_flip_only_with_flip_texture():
@@ -175,10 +208,10 @@ EPOCH_STEPS = (0, 1, 2, 0)  # three batches of one epoch, then the first of the 
 LRS = {'main': 5e-4, 'encoder': 2e-4, 'decoder': 2e-4}
 
 
-def narrow_config(freeze='official'):
+def narrow_config(close='decoder_step'):
   c = load_config('synthetic')
   c.model.update(depth=18, width=8, feature_dim=32, decoder_channels=(16, 8, 8, 4, 4),
-                 texture_size=TEX, freeze_fc_after_first_batch=freeze)
+                 texture_size=TEX, close_head=close)
   c.input.update(p=P, k=K, size=SIZE, texture_size=TEX)
   sgd = dict(name='sgd', momentum=0.9, nesterov=False, bias_lr_factor=1.0)
   c.optim.update(weight_decay=5e-4, weight_decay_bias=5e-4, **sgd)
@@ -196,45 +229,24 @@ def batches(n):
            'texture': textures[labels]} for _ in range(n)]
 
 
-def torch_run(enc, dec, data, freeze):
-  """The official step order with both gradients taken at the same weights; optimizers zeroed
-  with ``set_to_none=False`` (PyTorch 1.x), head frozen after each epoch's first batch."""
-  head = [p for m in enc.head_modules() for p in m.parameters()]
+def torch_run(enc, dec, data, close):
+  """The official loop (``ts.train_step``: optimizers zeroed with ``set_to_none=False`` as in
+  PyTorch 1.x, the head closed for each decoder step); ``open_all_layers`` after every batch
+  (``close='decoder_step'``, main.py) or only at each epoch start (``'rest_of_epoch'``)."""
   opts = {'main': torch.optim.SGD(enc.parameters(), lr=LRS['main'], momentum=0.9,
                                   weight_decay=5e-4),
-          'encoder': torch.optim.SGD(enc.backbone_parameters(), lr=LRS['encoder'], momentum=0.9),
+          # Over every encoder parameter, as the official optimizer_encoder: fc/classifier get
+          # zero gradients from the decoder loss and stay put.
+          'encoder': torch.optim.SGD(enc.parameters(), lr=LRS['encoder'], momentum=0.9),
           'decoder': torch.optim.SGD(dec.parameters(), lr=LRS['decoder'], momentum=0.9)}
   losses, states = [], []
   for batch, epoch_step in zip(data, EPOCH_STEPS):
-    if epoch_step == 0:
-      enc.train()
-      for p in head:
-        p.requires_grad_(True)
+    if epoch_step == 0 or close == 'decoder_step':
+      ts.set_head(enc, closed=False)  # open_all_layers (after the previous batch)
     dec.train()
-    for o in opts.values():
-      o.zero_grad(set_to_none=False)
-    labels = torch.from_numpy(batch['label']).long()
-    y, v, f, x1, x2, x3 = enc(tr.nchw(batch['image']))
-    texture, sims = dec(f, x1, x2, x3)
-    l_reid = ts.reid_loss(y, v, labels)
-    l_dec, rec, trip = ts.decoder_loss(texture, tr.nchw(batch['texture']), sims)
-    trained = [p for p in enc.parameters() if p.requires_grad]
-    g_reid = torch.autograd.grad(l_reid, trained, retain_graph=True)
-    dec_params = enc.backbone_parameters() + list(dec.parameters())
-    g_dec = torch.autograd.grad(l_dec, dec_params)
-    for p, g in zip(trained, g_reid):
-      p.grad = g.clone()
-    opts['main'].step()
-    for p, g in zip(dec_params, g_dec):
-      p.grad = g.clone()
-    opts['encoder'].step()
-    opts['decoder'].step()
-    if epoch_step == 0 and freeze == 'official':  # close_specified_layers
-      enc.fc.eval()
-      for p in head:
-        p.requires_grad_(False)
-    losses.append({'loss': l_reid.item(), 'decoder': l_dec.item(), 'rec_l1': rec.item(),
-                   'decoder_triplet': trip.item()})
+    losses.append(ts.train_step(enc, dec, opts, tr.nchw(batch['image']),
+                                torch.from_numpy(batch['label']).long(),
+                                tr.nchw(batch['texture'])))
     states.append(torch_state(enc, dec))
   return losses, states
 
@@ -270,19 +282,26 @@ def jax_run(c, sd, data):
 
 @pytest.fixture(scope='module')
 def runs():
-  torch.manual_seed(0)
-  enc = tr.randomize_(ts.TorchSANEncoder(CLASSES, feature_dim=32, depth=18, width=8), seed=4)
-  dec = tr.randomize_(ts.TorchSANDecoder((8, 16, 32, 64), (16, 8, 8, 4, 4), TEX), seed=5)
-  sd = torch_state(enc, dec)
-  data = batches(len(EPOCH_STEPS))
-  c = narrow_config()
-  keys = keymaps.keymap_for(models.build_model(c.model, CLASSES))
-  to_flax = lambda s: {k: _to_flax_layout(s[k], t.kind) for k, t in keys.items()}  # noqa: E731
-  ref_losses, ref_states = torch_run(enc, dec, data, 'official')
-  losses, states = jax_run(c, sd, data)
-  return {'initial': to_flax(sd), 'ref_losses': ref_losses,
-          'ref_states': [to_flax(s) for s in ref_states], 'losses': losses, 'states': states,
-          'keys': keys}
+  """``runs(close)``: the four steps of both sides from the same weights, cached per mode."""
+  cache = {}
+
+  def run(close):
+    if close not in cache:
+      torch.manual_seed(0)
+      enc = tr.randomize_(ts.TorchSANEncoder(CLASSES, feature_dim=32, depth=18, width=8), seed=4)
+      dec = tr.randomize_(ts.TorchSANDecoder((8, 16, 32, 64), (16, 8, 8, 4, 4), TEX), seed=5)
+      sd = torch_state(enc, dec)
+      data = batches(len(EPOCH_STEPS))
+      c = narrow_config(close)
+      keys = keymaps.keymap_for(models.build_model(c.model, CLASSES))
+      to_flax = lambda s: {k: _to_flax_layout(s[k], t.kind) for k, t in keys.items()}  # noqa: E731
+      ref_losses, ref_states = torch_run(enc, dec, data, close)
+      losses, states = jax_run(c, sd, data)
+      cache[close] = {'initial': to_flax(sd), 'ref_losses': ref_losses,
+                      'ref_states': [to_flax(s) for s in ref_states], 'losses': losses,
+                      'states': states, 'keys': keys}
+    return cache[close]
+  return run
 
 
 def assert_moves_alike(got, ref, got_before, ref_before, key, bound=2e-3):
@@ -295,70 +314,154 @@ def assert_moves_alike(got, ref, got_before, ref_before, key, bound=2e-3):
 
 
 def test_train_step_losses_and_gradients_match_torch(runs):
+  r = runs('decoder_step')
   for name in ('loss', 'decoder', 'rec_l1', 'decoder_triplet'):
-    assert runs['losses'][0][name] == pytest.approx(runs['ref_losses'][0][name], rel=1e-5), name
+    assert r['losses'][0][name] == pytest.approx(r['ref_losses'][0][name], rel=1e-5), name
   # One SGD step: each tensor's change is -lr x (its gradient + decay); the backbone's adds the
   # ReID gradient (main) and the decoder gradient (encoder), fc/classifier have ReID only,
   # the decoder decoder only. Running statistics: one train-mode forward.
   still = set()
-  for key in runs['keys']:
-    got, ref = runs['states'][0][key], runs['ref_states'][0][key]
-    if np.array_equal(ref, runs['initial'][key]):
+  for key in r['keys']:
+    got, ref = r['states'][0][key], r['ref_states'][0][key]
+    if np.array_equal(ref, r['initial'][key]):
       still.add(key)
       continue
-    assert_moves_alike(got, ref, runs['initial'][key], runs['initial'][key], key)
+    assert_moves_alike(got, ref, r['initial'][key], r['initial'][key], key)
   # Only the biases of the 1x1 convs feeding a train-mode BN have no gradient (BN removes them).
   assert still == {f'decoder.{n}.0.bias' for n in ('reduce_dim', 'embed_layer1', 'embed_layer2',
                                                      'embed_layer3')}
 
 
-def relative_change_error(runs, i, key):
-  got_before = runs['initial'] if i == 0 else runs['states'][i - 1]
-  ref_before = runs['initial'] if i == 0 else runs['ref_states'][i - 1]
-  d_got = runs['states'][i][key] - got_before[key]
-  d_ref = runs['ref_states'][i][key] - ref_before[key]
+def relative_change_error(r, i, key):
+  got_before = r['initial'] if i == 0 else r['states'][i - 1]
+  ref_before = r['initial'] if i == 0 else r['ref_states'][i - 1]
+  d_got = r['states'][i][key] - got_before[key]
+  d_ref = r['ref_states'][i][key] - ref_before[key]
   return float(np.abs(d_got - d_ref).max() / max(np.abs(d_ref).max(), 1e-30))
 
 
-def test_close_specified_layers_over_batches_matches_torch(runs):
-  head = [k for k in runs['keys'] if k.startswith(('fc.', 'classifier.'))]
-  worst = [max(((relative_change_error(runs, i, k), k) for k in runs['keys']
+def assert_steps_match(r, bounds=(2e-3, 1e-2, 3e-2, 3e-2)):
+  """Steps 0 and 1: every tensor's change. Steps 2 and 3 start from weights that differ by the
+  float32 rounding of earlier steps, which batch-hard mining and the hinges amplify: the head
+  (``fc``, ``classifier``, ``fc``'s BN statistics) and the losses."""
+  head = [k for k in r['keys'] if k.startswith(('fc.', 'classifier.'))]
+  worst = [max(((relative_change_error(r, i, k), k) for k in r['keys']
                 if not k.endswith('0.bias') or not k.startswith('decoder.')), default=None)
            for i in range(len(EPOCH_STEPS))]
   print('worst relative change error per step:', worst)
-  # Steps 0 (open) and 1 (closed): every tensor. Steps 2 (closed) and 3 (reopened) start from
-  # weights that differ by the float32 rounding of earlier steps, which batch-hard mining and the
-  # hinges amplify: the head, its BN statistics and the losses.
   for i in range(len(EPOCH_STEPS)):
-    got_before = runs['initial'] if i == 0 else runs['states'][i - 1]
-    ref_before = runs['initial'] if i == 0 else runs['ref_states'][i - 1]
-    for key in runs['keys'] if i < 2 else head:
-      assert_moves_alike(runs['states'][i][key], runs['ref_states'][i][key], got_before[key],
-                         ref_before[key], (i, key), bound=(2e-3, 1e-2, 3e-2, 3e-2)[i])
+    got_before = r['initial'] if i == 0 else r['states'][i - 1]
+    ref_before = r['initial'] if i == 0 else r['ref_states'][i - 1]
+    for key in r['keys'] if i < 2 else head:
+      assert_moves_alike(r['states'][i][key], r['ref_states'][i][key], got_before[key],
+                         ref_before[key], (i, key), bound=bounds[i])
     for name in ('loss', 'decoder'):
-      assert runs['losses'][i][name] == pytest.approx(runs['ref_losses'][i][name], rel=1e-3)
+      assert r['losses'][i][name] == pytest.approx(r['ref_losses'][i][name], rel=1e-3)
+  return head
+
+
+def test_official_close_head_over_batches_matches_torch(runs):
+  # main.py closes fc/classifier for each decoder step and reopens them after every batch:
+  # nothing changes, the head is trained (and fc's BN updated) at every step.
+  r = runs('decoder_step')
+  head = assert_steps_match(r)
+  for i in range(1, len(EPOCH_STEPS)):
+    for key in head:
+      assert not np.array_equal(r['states'][i][key], r['states'][i - 1][key]), (i, key)
+
+
+def test_rest_of_epoch_close_head_over_batches_matches_torch(runs):
+  r = runs('rest_of_epoch')
+  head = assert_steps_match(r)
   # Closed steps: fc's BN statistics stay put, yet weight decay and momentum move the head.
   for i in (1, 2):
     for stat in ('fc.1.running_mean', 'fc.1.running_var'):
-      np.testing.assert_array_equal(runs['states'][i][stat], runs['states'][i - 1][stat])
+      np.testing.assert_array_equal(r['states'][i][stat], r['states'][i - 1][stat])
     for key in head:
       if 'running' not in key:
-        assert not np.array_equal(runs['states'][i][key], runs['states'][i - 1][key]), key
-  assert not np.array_equal(runs['states'][3]['fc.1.running_mean'],
-                            runs['states'][2]['fc.1.running_mean'])  # reopened
+        assert not np.array_equal(r['states'][i][key], r['states'][i - 1][key]), key
+  assert not np.array_equal(r['states'][3]['fc.1.running_mean'],
+                            r['states'][2]['fc.1.running_mean'])  # reopened
+  # ... and the runs differ from the official behaviour's from the first closed step on.
+  official = runs('decoder_step')
+  assert r['losses'][0] == official['losses'][0]
+  assert not np.allclose(r['states'][1]['fc.1.running_mean'],
+                         official['states'][1]['fc.1.running_mean'])
 
 
-def test_never_freezing_trains_the_head_every_step():
-  c = narrow_config('never')
+def test_head_closed_switch():
   ctx = registry.StepContext(step=jnp.int32(5), epoch=jnp.int32(0), epoch_step=jnp.int32(5))
-  assert san.head_closed(c, ctx) is None
-  assert bool(san.head_closed(narrow_config(), ctx))
+  assert san.head_closed(narrow_config('decoder_step'), ctx) is None
+  assert bool(san.head_closed(narrow_config('rest_of_epoch'), ctx))
   ctx0 = registry.StepContext(step=jnp.int32(5), epoch=jnp.int32(1), epoch_step=jnp.int32(0))
-  assert not bool(san.head_closed(narrow_config(), ctx0))
+  assert not bool(san.head_closed(narrow_config('rest_of_epoch'), ctx0))
+  with pytest.raises(ValueError, match='close_head'):
+    models.build_model(narrow_config('never').model, CLASSES)
+
+
+# ----------------------------------------------------------------------------- missing textures
+VALID = np.array([1, 1, 0, 1, 1, 1, 1, 1, 0, 1, 1, 1], bool)  # P3 x K4, two images without one
+
+
+def test_decoder_triplet_drops_the_terms_of_images_without_texture():
+  rng = np.random.RandomState(1)
+  maps = [rng.randn(12, h, w, c).astype(np.float32) * s
+          for (h, w, c), s in zip(((2, 1, 3), (4, 2, 2), (8, 4, 2), (16, 8, 1)),
+                                  (0.3, 0.5, 0.4, 0.6))]
+  sims = [torch.from_numpy(m).permute(0, 3, 1, 2) for m in maps]
+  zeros = torch.zeros(12, 3, 4, 4)
+  _, _, ref = ts.decoder_loss(zeros, zeros, sims, valid=VALID)
+  _, _, ref_all = ts.decoder_loss(zeros, zeros, sims)
+  got = float(san.decoder_triplet_loss([jnp.asarray(m) for m in maps], 4, 0.3, VALID))
+  assert got == pytest.approx(float(ref), rel=1e-6)
+  assert float(ref) < float(ref_all)  # some of the eight terms are gone (each is >= 0)
+  every = float(san.decoder_triplet_loss([jnp.asarray(m) for m in maps], 4, 0.3,
+                                         np.ones(12, bool)))
+  assert every == pytest.approx(float(ref_all), rel=1e-6)
+  none = san.decoder_triplet_loss([jnp.asarray(m) for m in maps], 4, 0.3, np.zeros(12, bool))
+  assert float(none) == 0.0
+
+
+def test_texture_l1_averages_over_images_with_texture():
+  rng = np.random.RandomState(2)
+  pred, target = (rng.uniform(-1, 1, (12, 8, 8, 3)).astype(np.float32) for _ in range(2))
+  maps = [torch.zeros(12, 1, 1, 1)] * 4
+  _, ref, _ = ts.decoder_loss(tr.nchw(pred), tr.nchw(target), maps, valid=VALID)
+  got = float(san.texture_l1(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(VALID)))
+  assert got == pytest.approx(float(ref), rel=1e-6)
+  _, ref_all, _ = ts.decoder_loss(tr.nchw(pred), tr.nchw(target), maps)
+  assert float(san.texture_l1(jnp.asarray(pred), jnp.asarray(target))) == pytest.approx(
+      float(ref_all), rel=1e-6)
+  assert abs(float(ref) - float(ref_all)) > 1e-3  # the two images without texture count
+  assert float(san.texture_l1(jnp.asarray(pred), jnp.asarray(target),
+                              jnp.zeros(12, bool))) == 0.0
+
+
+def test_san_loss_ignores_the_targets_of_images_without_texture():
+  c = narrow_config()
+  c.input.update(p=3, missing_texture='skip')
+  model = models.build_model(c.model, CLASSES)
+  rng = np.random.RandomState(4)
+  labels = np.repeat(np.arange(3), K).astype(np.int32)
+  batch = {'image': jnp.asarray(rng.randn(12, *SIZE, 3).astype(np.float32)),
+           'label': jnp.asarray(labels),
+           'texture': rng.uniform(-1, 1, (12, TEX, TEX, 3)).astype(np.float32),
+           'texture_valid': jnp.asarray(VALID)}
+  garbage = dict(batch, texture=np.where(VALID[:, None, None, None], batch['texture'], 7.0))
+  method = models.get_method('san')
+  assert method.batch_fields(c)[-1] == 'texture_valid'
+
+  def loss(b):
+    objectives, metrics, _ = method.loss(nnx.clone(model), b, extra=None, config=c)
+    return {k: float(v) for k, v in {**objectives, **metrics}.items()}
+  a, b = loss(batch), loss(garbage)
+  assert a['decoder'] == b['decoder'] and a['rec_l1'] == b['rec_l1']
+  assert a['texture_valid'] == pytest.approx(10 / 12)
+  everything = loss({k: v for k, v in batch.items() if k != 'texture_valid'})
+  assert everything['rec_l1'] != a['rec_l1'] and 'texture_valid' not in everything
 
 
 def test_other_dataset_checkpoint_loads_for_testing_without_its_classifier(tmp_path):
-  # The general "skip a mismatched classifier" mechanism is not in main yet: exclude it by name.
   enc = tr.randomize_(ts.TorchSANEncoder(CLASSES, feature_dim=32, depth=18, width=8), seed=6)
   dec = tr.randomize_(ts.TorchSANDecoder((8, 16, 32, 64), (16, 8, 8, 4, 4), TEX), seed=7)
   ckpt = ts.checkpoint_dict(enc, dec, epoch=10)
@@ -369,8 +472,9 @@ def test_other_dataset_checkpoint_loads_for_testing_without_its_classifier(tmp_p
   model = models.build_model(c.model, CLASSES + 5)
   with pytest.raises(ValueError, match='classifier'):
     load_torch_weights(model, sd)
-  report = load_torch_weights(model, sd, exclude=('classifier.*',))
-  assert report.excluded == ['classifier.bias', 'classifier.weight'] and report.unused == []
+  report = load_torch_weights(model, sd, skip_mismatched_classifiers=True)
+  assert report.skipped == report.excluded == ['classifier.bias', 'classifier.weight']
+  assert report.unused == [] and len(report.loaded) == len(keymaps.keymap_for(model)) - 2
   x = tr.images(2, *SIZE)
   v = tr.assert_embeds_like(model, enc, x)
   assert v.shape == (2, 32) and (v >= 0).all()
@@ -383,3 +487,39 @@ def test_other_dataset_checkpoint_loads_for_testing_without_its_classifier(tmp_p
   from PIL import Image
   with Image.open(paths[0]) as im:
     assert im.size == (TEX // 2 + 2 * TEX + 16, TEX + 8)
+
+
+def test_convert_cli_writes_one_checkpoint_with_encoder_and_decoder(tmp_path):
+  import os
+  import subprocess
+  import sys
+
+  from reid_jax import checkpoint
+  enc = tr.randomize_(ts.TorchSANEncoder(CLASSES, feature_dim=32, depth=18, width=8), seed=8).eval()
+  dec = tr.randomize_(ts.TorchSANDecoder((8, 16, 32, 64), (16, 8, 8, 4, 4), TEX), seed=9).eval()
+  src = tmp_path / 'checkpoint_ep5.pth.tar'
+  torch.save(ts.checkpoint_dict(enc, dec, epoch=5), src)
+  cfg_file = tmp_path / 'narrow_san.py'
+  cfg_file.write_text(
+      'import runpy\n'
+      'def get_config(arg=None):\n'
+      f"  c = runpy.run_path({str(ROOT / 'configs' / 'san.py')!r})['get_config']('synthetic')\n"
+      '  c.model.update(depth=18, width=8, feature_dim=32, decoder_channels=(16, 8, 8, 4, 4),\n'
+      f'                 texture_size={TEX})\n'
+      '  return c\n')
+  out = tmp_path / 'ckpt'
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS='cpu')
+  proc = subprocess.run([sys.executable, '-m', 'reid_jax.convert', f'--config={cfg_file}',
+                         f'--torch_checkpoint={src}', f'--out={out}'], env=env, cwd=ROOT,
+                        capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  c = narrow_config()
+  assert checkpoint.read_meta(str(out))['num_classes'] == CLASSES
+  model = checkpoint.restore_model(c.model, str(out))
+  x = tr.images(2, *SIZE)
+  tr.assert_embeds_like(model, enc, x)
+  texture, sims = san.reconstruct(model, x)
+  with torch.no_grad():
+    tex_ref, sims_ref = dec(*enc.maps(tr.nchw(x)))
+  tr.assert_close_rel(texture, tex_ref.permute(0, 2, 3, 1).numpy())
+  tr.assert_close_rel(sims[3], sims_ref[3].permute(0, 2, 3, 1).numpy())

@@ -9,10 +9,13 @@ from the official code.
 * ``TorchSANDecoder``: reduce_dim / embed_layer{3,2,1} (1x1 conv + BN + ReLU), up1..up4
   (ConvResBlock), final_layer (ReflectionPad(3) + 7x7 conv), then a bilinear resize with
   ``align_corners=True`` to the texture size. Returns ``(texture, (x_sim1, ..., x_sim4))``.
-* The losses of ``main.py::train`` (``reid_loss``, ``decoder_loss``).
+* The losses of ``main.py::train`` (``reid_loss``, ``decoder_loss``) and its step
+  (``train_step``, with ``set_head`` for ``close_specified_layers`` / ``open_all_layers``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -135,16 +138,87 @@ def reid_loss(y, v, labels):
   return label_smooth_ce(y, labels) + batch_hard_triplet(v, labels)
 
 
-def decoder_loss(texture, target, sims, k=4, margin=0.3):
+def decoder_loss(texture, target, sims, k=4, margin=0.3, valid=None):
   """L1 + the decoder triplet with the official fixed index pattern (K = 4), written with
-  loops."""
-  rec = (texture - target).abs().mean()
+  loops. ``valid`` (bool ``[B]``, optional): images with a texture; the L1 is their mean and a
+  triplet term involving another image is left out."""
   b = texture.shape[0]
+  valid = [True] * b if valid is None else [bool(x) for x in valid]
+  errors = [(texture[j] - target[j]).abs().mean() for j in range(b) if valid[j]]
+  rec = torch.stack(errors).mean() if errors else texture.new_zeros(())
   d = lambda m, i, j: ((m[i] - m[j]) ** 2).mean()  # noqa: E731
   tr = texture.new_zeros(())
   for i in range(0, b - k, k):
-    tr = tr + F.relu(d(sims[0], i, i + 1) - d(sims[0], i, i + 4) + margin)
-    tr = tr + F.relu(d(sims[1], i + 1, i + 2) - d(sims[1], i + 1, i + 5) + margin)
-    tr = tr + F.relu(d(sims[2], i + 2, i + 3) - d(sims[2], i + 2, i + 6) + margin)
-    tr = tr + F.relu(d(sims[3], i, i + 3) - d(sims[3], i + 3, i + 4) + margin)
+    for level, (a, p, a2, n) in enumerate(((i, i + 1, i, i + 4), (i + 1, i + 2, i + 1, i + 5),
+                                            (i + 2, i + 3, i + 2, i + 6),
+                                            (i, i + 3, i + 3, i + 4))):
+      if all(valid[j] for j in (a, p, a2, n)):
+        m = sims[level]
+        tr = tr + F.relu(d(m, a, p) - d(m, a2, n) + margin)
   return rec + tr, rec, tr
+
+
+def set_head(encoder, closed):
+  """``close_specified_layers(model, ['fc', 'classifier'])`` (``closed``: those two in eval mode
+  without gradients, the rest in train mode) or ``open_all_layers(model)``
+  (``torchreid/utils/torchtools.py``)."""
+  encoder.train()
+  for m in encoder.head_modules():
+    m.train(not closed)
+    for p in m.parameters():
+      p.requires_grad_(not closed)
+
+
+def train_step(encoder, decoder, optimizers, images, labels, textures, *, k=4, valid=None,
+               autocast=contextlib.nullcontext):
+  """One batch of ``main.py::train`` (NCHW tensors), as PyTorch 1.x ran it, except that both
+  gradients are taken at the same weights (the official code steps the main optimizer between its
+  two backward passes).
+
+  ``optimizers``: ``{'main': over encoder.parameters(), 'encoder': over encoder.parameters(),
+  'decoder': over decoder.parameters()}``, zeroed with ``set_to_none=False`` (PyTorch 1.x zeroes
+  gradients rather than freeing them, so a frozen parameter is still stepped with a zero
+  gradient). The ReID gradient goes to the parameters that require one when the step starts;
+  then the head is closed (``close_specified_layers``) for the decoder step and left closed: the
+  caller reopens it (``set_head(encoder, False)``) where the official loop does.
+  Returns ``{'loss', 'decoder', 'rec_l1', 'decoder_triplet'}`` as floats.
+  """
+  for o in optimizers.values():
+    o.zero_grad(set_to_none=False)
+  with autocast():
+    y, v, f, x1, x2, x3 = encoder(images)
+    texture, sims = decoder(f, x1, x2, x3)
+  l_reid = reid_loss(y.float(), v.float(), labels)
+  l_dec, rec, trip = decoder_loss(texture.float(), textures, [m.float() for m in sims], k,
+                                  valid=valid)
+  trained = [p for p in encoder.parameters() if p.requires_grad]
+  g_reid = torch.autograd.grad(l_reid, trained, retain_graph=True)
+  set_head(encoder, closed=True)
+  dec_params = [p for p in encoder.parameters() if p.requires_grad] + list(decoder.parameters())
+  g_dec = torch.autograd.grad(l_dec, dec_params)
+  for p, g in zip(trained, g_reid):
+    p.grad = g.clone()
+  optimizers['main'].step()
+  optimizers['encoder'].zero_grad(set_to_none=False)
+  for p, g in zip(dec_params, g_dec):
+    p.grad = g.clone()
+  optimizers['encoder'].step()
+  optimizers['decoder'].step()
+  return {'loss': l_reid.item(), 'decoder': l_dec.item(), 'rec_l1': rec.item(),
+          'decoder_triplet': trip.item()}
+
+
+class TorchSAN(nn.Module):
+  """SA-Enc and SA-Dec side by side (``encoder``, ``decoder``). ``state_dict()`` has the layout
+  ``load_torch_checkpoint`` gives an official ``checkpoint_ep{N}.pth.tar``: the encoder's keys as
+  they are, the decoder's prefixed ``decoder.``."""
+
+  def __init__(self, encoder, decoder):
+    super().__init__()
+    self.encoder = encoder
+    self.decoder = decoder
+
+  def state_dict(self, *args, **kwargs):
+    del args, kwargs
+    return {**self.encoder.state_dict(),
+            **{'decoder.' + k: v for k, v in self.decoder.state_dict().items()}}

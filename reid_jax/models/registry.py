@@ -28,6 +28,10 @@ method, and nothing the loop has to know by name:
 * ``pictures(model, batch, config, directory) -> list[str]`` (optional): PNG pictures of what the
   method predicts (e.g. SAN's textures) for a training batch of host arrays, written into
   ``directory`` (an existing local folder); the loop calls it once after training.
+* ``check_data(config, info) -> None`` (optional): raises when the prepared dataset
+  (``reid_jax.data.DatasetInfo``: its ``features``, ...) cannot train the method, with a message
+  saying what the method needs (SAN: a texture per image). The loop calls it before building
+  anything.
 
 ``docs/adding_a_method.md`` walks through adding one (MPN as the example).
 """
@@ -86,6 +90,7 @@ class Method:
   update_extra: Callable | None = None
   optimizer_groups: Callable[[Any], tuple[OptimizerGroup, ...]] | None = None
   pictures: Callable | None = None
+  check_data: Callable | None = None
 
   def groups(self, config) -> tuple[OptimizerGroup, ...]:
     groups = tuple(self.optimizer_groups(config)) if self.optimizer_groups else (OptimizerGroup(),)

@@ -21,11 +21,21 @@ second Adam. Four optimizer groups: ``warmup`` (Adam, exponential warm-up, epoch
 (AMSGrad, the rest) on the ReID objective over the encoder; ``encoder`` (Adam, backbone only) and
 ``decoder`` (Adam, decoder only) on the decoder objective.
 
-The official ``close_specified_layers``: after the first batch of every epoch, ``fc`` and
-``classifier`` are frozen until the next epoch starts (``fc``'s BN runs in eval mode, their
-parameters get no gradient, but the optimizer still steps them with zero gradients: coupled weight
-decay and momentum keep moving them). ``config.model.freeze_fc_after_first_batch='official'``
-(default) reproduces it from ``context.epoch_step``; ``'never'`` trains everything every step.
+The official ``close_specified_layers(model, ['fc', 'classifier'])`` (``main.py::train``) closes
+``fc`` and ``classifier`` (``fc``'s BN in eval mode, ``requires_grad=False``) just before the
+decoder step of every batch, and ``open_all_layers`` reopens them at the end of that batch. The
+decoder objective never reaches them and the backbone Adam has no weight decay, so this changes no
+number: every layer is trained by the ReID loss at every step
+(``config.model.close_head='decoder_step'``, the default, which is also the evident intent).
+``'rest_of_epoch'`` keeps them closed from the end of each epoch's first batch until the next
+epoch starts, stepped by the optimizers with zero gradients as PyTorch 1.x did (coupled weight
+decay and momentum keep moving them, ``fc``'s BN uses and keeps its running statistics): a
+reading of the official loop in which the reopening happens only at the epoch start;
+docs/san.md.
+
+Images without a texture (``config.input.missing_texture='skip'``: the pipeline yields
+``texture_valid [B]``) take no part in the decoder objective: the L1 term averages over the images
+that have one, and a decoder-triplet term is dropped when any of its images has none.
 
 Channels-last throughout: maps ``[B, h, w, C]``, textures ``[B, T, T, 3]`` in [-1, 1].
 """
@@ -49,7 +59,9 @@ from reid_jax.models.resnet import ResNet, resnet_from_config
 Array = jax.Array
 
 DECODER_CHANNELS = (512, 256, 64, 32, 16)  # reduce_dim/up1 in, up2 in, up3 in, up4 in, up4 out
-FREEZE_FC = ('official', 'never')
+# config.model.close_head: when fc/classifier are closed (module docstring).
+CLOSE_HEAD = ('decoder_step', 'rest_of_epoch')
+MISSING_TEXTURE = ('error', 'skip')  # config.input.missing_texture
 # The decoder triplet's fixed index pattern per level (main.py::train), relative to the group
 # start i (i = 0, K, ..., (P-2)K): (anchor, positive, anchor', negative - K). With K = 4: level 1
 # (i, i+1 | i, i+4), level 2 (i+1, i+2 | i+1, i+5), level 3 (i+2, i+3 | i+2, i+6), level 4
@@ -241,10 +253,9 @@ def build_san(model_config, num_classes: int, *, rngs: nnx.Rngs) -> SAN:
   if get('last_stride', 1) != 1:
     raise ValueError('SAN needs config.model.last_stride=1: its decoder adds the layer3 and '
                      'layer4 maps, which must have the same resolution')
-  freeze = get('freeze_fc_after_first_batch', 'official')
-  if freeze not in FREEZE_FC:
-    raise ValueError(f'config.model.freeze_fc_after_first_batch must be one of {FREEZE_FC}, '
-                     f'got {freeze!r}')
+  close = get('close_head', 'decoder_step')
+  if close not in CLOSE_HEAD:
+    raise ValueError(f'config.model.close_head must be one of {CLOSE_HEAD}, got {close!r}')
   return SAN(resnet_from_config(model_config, rngs=rngs), num_classes,
              feature_dim=get('feature_dim', 512),
              decoder_channels=tuple(get('decoder_channels', DECODER_CHANNELS)),
@@ -267,7 +278,8 @@ def reconstruct(model: SAN, images) -> tuple[Array, tuple[Array, ...]]:
 
 
 # ---------------------------------------------------------------------------- losses
-def decoder_triplet_loss(maps, k: int, margin: float = 0.3) -> Array:
+def decoder_triplet_loss(maps, k: int, margin: float = 0.3,
+                         valid: Array | None = None) -> Array:
   """SAN's triplet regulariser on the decoder maps (``main.py::train``).
 
   ``maps``: ``(x_sim1, ..., x_sim4)``, each ``[B, h, w, C]`` for a P x K batch (identities in
@@ -275,6 +287,10 @@ def decoder_triplet_loss(maps, k: int, margin: float = 0.3) -> Array:
   ``max(0, D(a, p) - D(a', n) + margin)`` with the fixed ``TRIPLET_PATTERN`` indices and ``D`` the
   MSE (mean over h, w, C) between the two samples' maps. Summed (not averaged) over the P - 1
   groups and the four levels. Needs K >= 4 (the official code assumes K = 4).
+
+  ``valid`` (bool ``[B]``, optional): images that have a texture. A term is dropped when any of
+  its (up to four) images has none, so such an image takes no part in the decoder objective; the
+  remaining terms are summed as before (no renormalisation: the official loss is a sum).
   """
   b = maps[0].shape[0]
   if k < 4 or b % k:
@@ -285,25 +301,65 @@ def decoder_triplet_loss(maps, k: int, margin: float = 0.3) -> Array:
   for x, (a, p, a2, n) in zip(maps, TRIPLET_PATTERN):
     x = x.astype(jnp.float32).reshape(b, -1)
     d = lambda i, j: jnp.mean(jnp.square(x[i] - x[j]), axis=-1)  # noqa: E731
-    total += jnp.sum(jnp.maximum(d(starts + a, starts + p) - d(starts + a2, starts + k + n)
-                                 + margin, 0.0))
+    hinge = jnp.maximum(d(starts + a, starts + p) - d(starts + a2, starts + k + n) + margin, 0.0)
+    if valid is not None:
+      keep = valid[starts + a] & valid[starts + p] & valid[starts + a2] & valid[starts + k + n]
+      hinge = jnp.where(keep, hinge, 0.0)
+    total += jnp.sum(hinge)
   return total
 
 
+def texture_requirement(config) -> str:
+  """What SAN needs from the data, for the errors that refuse to train without it."""
+  return ('SAN trains its decoder to predict a texture for every training image (the person\'s '
+          f'{config.model.get("texture_size", 256)}x{config.model.get("texture_size", 256)} UV '
+          'texture, config.model.texture_size): synthetic_reid carries one per identity; a real '
+          'dataset needs its textures attached when it is prepared (`python -m reid_jax.prepare '
+          'NAME --texture_dir=DIR`, docs/san.md), and config.input.texture=True with '
+          'config.input.texture_size equal to config.model.texture_size')
+
+
+def missing_texture_mode(config) -> str:
+  mode = config.input.get('missing_texture', 'error')
+  if mode not in MISSING_TEXTURE:
+    raise ValueError(f'config.input.missing_texture must be one of {MISSING_TEXTURE}, '
+                     f'got {mode!r}')
+  return mode
+
+
+def texture_l1(predicted: Array, target: Array, valid: Array | None = None) -> Array:
+  """``nn.L1Loss()`` (mean absolute error) between textures ``[B, T, T, 3]``; with ``valid``
+  (bool ``[B]``) the mean over the images that have a texture (0 when none has)."""
+  error = jnp.abs(predicted.astype(jnp.float32) - target.astype(jnp.float32))
+  if valid is None:
+    return jnp.mean(error)
+  per_image = jnp.mean(error, axis=(1, 2, 3))
+  return jnp.sum(jnp.where(valid, per_image, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
 def san_batch_fields(config) -> tuple[str, ...]:
+  """``image``, ``label``, ``texture``, and ``texture_valid`` when textures may be missing
+  (``config.input.missing_texture='skip'``)."""
   if not config.input.get('texture'):
-    raise ValueError(
-        "SAN trains its decoder to predict each person's texture image: set "
-        'config.input.texture=True on a dataset with textures (synthetic_reid has one per '
-        'identity), with config.input.texture_size equal to config.model.texture_size '
-        f'({config.model.get("texture_size", 256)})')
+    raise ValueError(f'config.input.texture is off. {texture_requirement(config)}')
+  if missing_texture_mode(config) == 'skip':
+    return ('image', 'label', 'texture', 'texture_valid')
   return ('image', 'label', 'texture')
+
+
+def san_check_data(config, info) -> None:
+  """Refuses, before anything is built, to train on a dataset without textures."""
+  san_batch_fields(config)
+  if 'texture' not in info.features:
+    raise ValueError(f'dataset {config.input.dataset!r} has no textures. '
+                     f'{texture_requirement(config)}')
 
 
 def head_closed(config, context) -> Array | None:
   """The ``close_specified_layers`` switch of this step: True after each epoch's first batch
-  under ``freeze_fc_after_first_batch='official'``; None (never closed) under ``'never'``."""
-  if context is None or config.model.get('freeze_fc_after_first_batch', 'official') == 'never':
+  under ``close_head='rest_of_epoch'``; None (never closed for the ReID step) under the official
+  ``'decoder_step'``."""
+  if context is None or config.model.get('close_head', 'decoder_step') == 'decoder_step':
     return None
   return context.epoch_step > 0
 
@@ -315,6 +371,10 @@ def san_loss(model, batch, *, extra, config, context=None):
     triplet (``triplet_margin``, 0.3) on ``v``;
   * ``'decoder'``: ``rec_weight`` x L1(texture, target) (mean) + ``tr_weight`` x the decoder
     triplet (``decoder_triplet_margin``, 0.3).
+
+  With ``batch['texture_valid']`` (bool ``[B]``), the L1 term is the mean over the images that
+  have a texture (0 when none has) and the decoder triplet drops the terms that involve an image
+  without one (``decoder_triplet_loss``). ``metrics['texture_valid']`` is their fraction.
   """
   del extra
   c = config.loss
@@ -328,12 +388,17 @@ def san_loss(model, batch, *, extra, config, context=None):
   ce = losses.cross_entropy_label_smooth(out['logits'], labels, c.get('ce_epsilon', 0.1))
   triplet = losses.triplet_loss_batch_hard(out['v'], labels, c.get('triplet_margin', 0.3))
   reid = ce + triplet
-  rec = jnp.mean(jnp.abs(out['texture'] - target))
-  tr = decoder_triplet_loss(out['x_sim'], config.input.k, c.get('decoder_triplet_margin', 0.3))
+  valid = batch.get('texture_valid')
+  valid = None if valid is None else valid.astype(bool)
+  rec = texture_l1(out['texture'], target, valid)
+  tr = decoder_triplet_loss(out['x_sim'], config.input.k, c.get('decoder_triplet_margin', 0.3),
+                            valid)
   decoder = c.get('rec_weight', 1.0) * rec + c.get('tr_weight', 1.0) * tr
   metrics = {'loss': reid, 'ce': ce, 'triplet': triplet, 'rec_l1': rec, 'decoder_triplet': tr,
              'decoder': decoder,
              'accuracy': jnp.mean(jnp.argmax(out['logits'], -1) == labels)}
+  if valid is not None:
+    metrics['texture_valid'] = jnp.mean(valid.astype(jnp.float32))
   return {'reid': reid, 'decoder': decoder}, metrics, None
 
 
@@ -400,4 +465,4 @@ def san_pictures(model, batch, config, directory, count: int = 8) -> list[str]:
 
 METHOD = registry.register_method(registry.Method(
     name='san', build=build_san, loss=san_loss, batch_fields=san_batch_fields,
-    optimizer_groups=san_optimizer_groups, pictures=san_pictures))
+    optimizer_groups=san_optimizer_groups, pictures=san_pictures, check_data=san_check_data))
