@@ -30,7 +30,8 @@ from absl import logging
 from flax import nnx
 
 from reid_jax.convert import keymaps
-from reid_jax.convert.torch_pickle import UnsafeCheckpointError, _unsafe_message
+from reid_jax.convert.torch_pickle import (PLAIN_DATA_GLOBALS, UnsafeCheckpointError,
+                                          _unsafe_message)
 from reid_jax.convert.torch_pickle import load as _load_without_torch
 
 __all__ = ['load_torch_checkpoint', 'load_torch_weights', 'load_backbone', 'LoadReport',
@@ -84,8 +85,15 @@ def _torch_load(path: str) -> Any:
     marker = 'GLOBAL '
     if marker not in text:
       raise ValueError(f'{path}: not a PyTorch checkpoint (its pickle cannot be read)') from None
-    name = text.split(marker, 1)[1].split()[0]
-    raise UnsafeCheckpointError(_unsafe_message(path, name.rstrip('.,'))) from None
+    name = text.split(marker, 1)[1].split()[0].rstrip('.,')
+    module, _, attr = name.rpartition('.')
+    if (module, attr) in PLAIN_DATA_GLOBALS:
+      # Plain data next to the weights (BPBreID's pickled yacs CfgNode, NumPy scalars), which
+      # torch's weights_only loader refuses: reid_jax's reader takes them without running code.
+      logging.info('%s: read with reid_jax\'s restricted reader (%s is plain data: the yacs '
+                   'config is read as a dict, none of its code runs)', path, name)
+      return _load_without_torch(path)
+    raise UnsafeCheckpointError(_unsafe_message(path, name)) from None
   except (RuntimeError, EOFError, KeyError, OSError) as e:  # truncated zip, wrong magic ...
     raise ValueError(f'{path}: not a PyTorch checkpoint ({type(e).__name__}: {e})') from None
   return _tensors_to_numpy(obj)

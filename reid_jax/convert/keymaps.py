@@ -28,6 +28,7 @@ from flax import nnx
 
 from reid_jax.models.apnet import APNet
 from reid_jax.models.bot import Baseline
+from reid_jax.models.bpbreid import BPBreID
 from reid_jax.models.hrnet import HRNet, HighResolutionModule
 from reid_jax.models.layers import IBN, BatchNorm
 from reid_jax.models.mpn import MPN
@@ -357,4 +358,40 @@ def hrnet_keys(model: HRNet, prefix: str = '') -> KeyMap:
     out.update(block_keys(f'{prefix}incre_modules.{i}.0.', block))
   out.update(as_optional(conv_bn_keys(prefix + 'cls_head.', model.cls_head.conv,
                                       model.cls_head.bn)))
+  return out
+
+
+BPBREID_BACKBONE_PREFIX = 'backbone_appearance_feature_extractor.'
+
+
+def bn_classifier_keys(prefix: str, head) -> KeyMap:
+  """``BNClassifier``: ``{prefix}bn.*`` (BN1d, frozen zero bias), ``{prefix}classifier.weight``."""
+  return {**bn_keys(prefix + 'bn.', head.bn),
+          **linear_keys(prefix + 'classifier.', head.classifier, classifier=True)}
+
+
+@register(BPBreID)
+def bpbreid_keys(model: BPBreID) -> KeyMap:
+  """VlSomers/bpbreid ``torchreid/models/bpbreid.py`` (2,040 entries for HRNet-W32, K = 8):
+  the backbone under ``backbone_appearance_feature_extractor.`` (its own key map: HRNet, with
+  the unused ``cls_head``; or torchreid's ResNet, whose ``classifier.*`` is reported unused),
+  ``{global,foreground,background,parts}_after_pooling_dim_reduce.layers.{0,1}.*`` (Linear, BN1d),
+  ``pixel_classifier.{bn,classifier}.*`` (BN2d, 1x1 conv), the ``BNClassifier``s
+  ``{global,background,foreground,concat_parts}_identity_classifier.{bn,classifier}.*`` and
+  ``parts_identity_classifier.{k}.*``."""
+  out = {BPBREID_BACKBONE_PREFIX + k: t for k, t in keymap_for(model.base).items()}
+  for name, layer in (('global', model.global_reduce), ('foreground', model.foreground_reduce),
+                      ('background', model.background_reduce), ('parts', model.parts_reduce)):
+    p = f'{name}_after_pooling_dim_reduce.layers.'
+    out.update(linear_keys(p + '0.', layer.linear))
+    out.update(bn_keys(p + '1.', layer.bn))
+  out.update(bn_keys('pixel_classifier.bn.', model.pixel_classifier.bn))
+  out.update(conv_keys('pixel_classifier.classifier.', model.pixel_classifier.classifier))
+  for name, head in (('global', model.global_classifier),
+                     ('background', model.background_classifier),
+                     ('foreground', model.foreground_classifier),
+                     ('concat_parts', model.concat_classifier)):
+    out.update(bn_classifier_keys(f'{name}_identity_classifier.', head))
+  for k, head in enumerate(model.parts_classifiers):
+    out.update(bn_classifier_keys(f'parts_identity_classifier.{k}.', head))
   return out

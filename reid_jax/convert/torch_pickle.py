@@ -7,8 +7,11 @@ Both on-disk formats are read:
   pickles, the object pickle, the list of storage keys, then each storage as an int64 element
   count followed by its raw bytes.
 The unpickler admits only the globals a state_dict needs (OrderedDict, the tensor/parameter rebuild
-functions, the storage types); any other global (a model class, ``os.system``...) raises
-``UnsafeCheckpointError`` naming it, before anything is constructed.
+functions, the storage types) and a few plain-data types that training scripts save next to it
+(``PLAIN_DATA_GLOBALS``: a yacs ``CfgNode``, read as a plain ``dict`` subclass without running any
+of its code, as torchreid/BPBreID save their config; NumPy scalars such as a saved rank-1; sets);
+any other global (a model class, ``os.system``...) raises ``UnsafeCheckpointError`` naming it,
+before anything is constructed.
 """
 
 from __future__ import annotations
@@ -69,12 +72,59 @@ def _rebuild_parameter(data, requires_grad=None, backward_hooks=None, *unused):
   return data
 
 
+class ConfigNode(dict):
+  """A pickled yacs ``CfgNode`` (``yacs.config.CfgNode``, a ``dict`` subclass) read as plain data:
+  its items only. None of yacs's code runs: the unpickler creates this class instead, fills its
+  items, and drops the instance state (yacs's ``__immutable__``, ``__deprecated_keys__`` ...)."""
+
+  def __setstate__(self, state):
+    del state
+
+
+def _numpy_dtype(name, align=False, copy=False):
+  """``numpy.dtype`` as pickled (``dtype(name, align, copy)`` then its ``__setstate__``); always a
+  fresh copy, so the pickled state never touches numpy's shared built-in dtypes."""
+  del copy
+  dtype = np.dtype(name, align=bool(align), copy=True)
+  if dtype.hasobject:
+    raise UnsafeCheckpointError(f'refusing to load a NumPy object dtype {name!r} from a pickle')
+  return dtype
+
+
+def _numpy_scalar(dtype, data=None):
+  """``numpy.core.multiarray.scalar(dtype, bytes)``: a NumPy scalar such as a saved rank-1."""
+  if not isinstance(dtype, np.dtype) or dtype.hasobject:
+    raise UnsafeCheckpointError('refusing to load a NumPy scalar of an object dtype from a pickle')
+  if isinstance(data, str):  # a Python 2 pickle read with encoding='latin1'
+    data = data.encode('latin1')
+  return np.frombuffer(bytes(data), dtype=dtype)[0]
+
+
+def _encode_bytes(text, encoding='latin1'):
+  """``_codecs.encode(str, 'latin1')``: how protocol-2 pickles spell a ``bytes`` object."""
+  if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+    raise UnsafeCheckpointError('refusing _codecs.encode of anything but a latin1 string')
+  return text.encode(encoding)
+
+
+# Plain data saved next to state_dicts by training scripts, read without running their code.
+PLAIN_DATA_GLOBALS = {
+    ('_codecs', 'encode'): _encode_bytes,
+    ('yacs.config', 'CfgNode'): ConfigNode,
+    ('numpy.core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy._core.multiarray', 'scalar'): _numpy_scalar,
+    ('numpy', 'dtype'): _numpy_dtype,
+    ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset,
+}
+
 _ALLOWED = {
     ('collections', 'OrderedDict'): collections.OrderedDict,
     ('torch._utils', '_rebuild_tensor'): _rebuild_tensor,
     ('torch._utils', '_rebuild_tensor_v2'): _rebuild_tensor,
     ('torch._utils', '_rebuild_parameter'): _rebuild_parameter,
     ('torch._utils', '_rebuild_parameter_with_state'): _rebuild_parameter,
+    **PLAIN_DATA_GLOBALS,
 }
 
 
@@ -86,6 +136,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
     self._source = source
 
   def find_class(self, module: str, name: str):
+    if module == '__builtin__':  # protocol-2 pickles name Python 3's builtins the Python 2 way
+      module = 'builtins'
     if (module, name) in _ALLOWED:
       return _ALLOWED[(module, name)]
     if module in ('torch', 'torch.storage') and name in STORAGE_DTYPES:

@@ -16,6 +16,8 @@ BLACK = (0, 0, 0)
 
 
 def _tile(img, size):
+  if isinstance(img, Image.Image):  # an already drawn tile, e.g. ``part_masks_tile``
+    return img.convert('RGB').resize((size[1], size[0]), Image.BILINEAR)
   if isinstance(img, (str, os.PathLike)):
     with Image.open(img) as im:
       return im.convert('RGB').resize((size[1], size[0]), Image.BILINEAR)
@@ -23,6 +25,55 @@ def _tile(img, size):
   if a.dtype != np.uint8:
     a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
   return Image.fromarray(a).convert('RGB').resize((size[1], size[0]), Image.BILINEAR)
+
+
+# One colour per body part (up to 12; more parts cycle).
+PART_COLOURS = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+                (0, 128, 128), (170, 110, 40))
+
+
+def part_masks_tile(image, masks, visibility, size=(128, 64), alpha: float = 0.6) -> Image.Image:
+  """An image with its predicted part masks and their visibility, for part-based methods.
+
+  ``image`` as ``ranked_list`` takes it; ``masks [h, w, K]`` part probabilities (any resolution,
+  resized bilinearly to ``size`` = (H, W)); ``visibility [K]`` (bool, or scores in [0, 1]).
+  Each pixel is tinted with the mask-weighted mean of the part colours (``PART_COLOURS``), with
+  opacity ``alpha`` times the summed part probability. Below the image, one square per part:
+  filled with its colour when visible (a continuous score sets its strength), a grey outline when
+  not. Returns a ``(H + strip) x W`` PIL image.
+  """
+  masks = np.asarray(masks, np.float32)
+  if masks.ndim != 3:
+    raise ValueError(f'masks must be [h, w, K], got shape {masks.shape}')
+  k = masks.shape[-1]
+  visibility = np.asarray(visibility).reshape(-1)
+  if visibility.size != k:
+    raise ValueError(f'visibility must have K = {k} entries, got {visibility.size}')
+  h, w = size
+  base = np.asarray(_tile(image, size), np.float32)
+  up = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(masks[..., j])).resize(
+      (w, h), Image.BILINEAR)) for j in range(k)], axis=-1).clip(0, 1)   # [H, W, K]
+  colours = np.asarray([PART_COLOURS[j % len(PART_COLOURS)] for j in range(k)], np.float32)
+  mass = up.sum(-1, keepdims=True)
+  tint = (up @ colours) / np.maximum(mass, 1e-6)
+  a = alpha * np.minimum(mass, 1.0)
+  tinted = np.clip(base * (1 - a) + tint * a, 0, 255).astype(np.uint8)
+  cell = max(min(w // k, 12), 4)
+  strip = cell + 4
+  out = Image.new('RGB', (w, h + strip), WHITE)
+  out.paste(Image.fromarray(tinted), (0, 0))
+  draw = ImageDraw.Draw(out)
+  for j in range(k):
+    x0, y0 = j * cell + 1, h + 2
+    box = [x0, y0, x0 + cell - 2, y0 + cell - 2]
+    score = float(visibility[j])
+    if score > 0:
+      c = colours[j] * score + np.asarray(WHITE, np.float32) * (1 - score)
+      draw.rectangle(box, fill=tuple(int(v) for v in c))
+    else:
+      draw.rectangle(box, outline=GREY)
+  return out
 
 
 def match_kind(q_pid, q_camid, g_pid, g_camid) -> str:
@@ -38,8 +89,9 @@ def ranked_list(query_image, gallery_images, distances, q_pid, q_camid, g_pids, 
   """One row: the query (blue border) and its ``topk`` nearest gallery images by ``distances [G]``.
 
   Borders: green = true match, red = false match, grey = junk (pid < 0 or same pid + camera).
-  ``skip_junk`` drops junk from the row as the metric does. Images are paths or ``[H, W, 3]``
-  arrays (uint8, or float in [0, 1]); ``gallery_images`` is indexed by gallery position.
+  ``skip_junk`` drops junk from the row as the metric does. Images are paths, ``[H, W, 3]``
+  arrays (uint8, or float in [0, 1]) or PIL images (e.g. ``part_masks_tile``);
+  ``gallery_images`` is indexed by gallery position.
   ``size`` = (H, W) of each tile in pixels. Saves a PNG when ``path`` is given.
   """
   distances = np.asarray(distances)
