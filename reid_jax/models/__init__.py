@@ -1,4 +1,4 @@
-"""reid_jax models: one NNX backbone (``resnet``), one file per method, a registry by name.
+"""reid_jax models: one backbone package (``resnet``, ``hrnet``), one file per method, a registry by name.
 
 Stable API:
   build_model(model_config, num_classes, seed=0) -> nnx.Module
