@@ -51,11 +51,12 @@ def get_config(arg=None):
   m = config.model
   if args.backbone == 'hrnet32':
     m.backbone = 'hrnet'
-    m.pretrained = 'hrnetv2_w32_imagenet_pretrained.pth'  # HRNet-Image-Classification W32-C
+    # The official run loads hrnetv2_w32_imagenet_pretrained.pth (HRNet-Image-Classification's
+    # HRNet-W32-C); pass it as --config.model.pretrained=FILE (README, ImageNet initialisation).
   else:
     m.backbone = 'resnet'    # torchreid's resnet50 with last stride 1, its ReLU'd stem
     m.depth, m.last_stride, m.stem_relu = 50, 1, True
-    m.pretrained = 'resnet50-19c8e357.pth'
+    # torchvision's resnet50-19c8e357.pth: --config.model.pretrained=FILE.
   m.hrnet_width = 32
   m.hrnet_stage_modules = (1, 4, 3)
   m.hrnet_blocks = 4
