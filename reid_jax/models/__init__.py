@@ -16,6 +16,7 @@ from flax import nnx
 from reid_jax.models import apnet  # noqa: F401  (registers 'apnet')
 from reid_jax.models import bot  # noqa: F401  (registers 'baseline')
 from reid_jax.models import bpbreid  # noqa: F401  (registers 'bpbreid')
+from reid_jax.models import drop  # noqa: F401  (registers 'drop')
 from reid_jax.models import mpn  # noqa: F401  (registers 'mpn')
 from reid_jax.models import san  # noqa: F401  (registers 'san')
 from reid_jax.models.registry import (Method, OptimizerGroup, StepContext, get_builder,  # noqa: F401
