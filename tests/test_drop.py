@@ -3,7 +3,9 @@ outputs in eval and train mode, same loss); each switch changes only its side (t
 encoding and DPU only the parsing branch); part pooling, the sinusoidal table, the PCT loss and
 the memory-bank update against NumPy written from the provisional definitions (docs/drop.md).
 
-A narrow HRNet (width 4, one module per stage, one block per branch) at 64x32 keeps it fast.
+A narrow ResNet-18 (the head does not depend on the backbone) and, where the DPU needs the HRNet
+branches, a narrow HRNet (width 4, one module per stage, one block per branch) at 64x32 keep it
+fast.
 """
 
 import jax
@@ -16,6 +18,7 @@ from flax import nnx
 from reid_jax import models
 from reid_jax.models import bpbreid as bp
 from reid_jax.models import drop as dr
+from reid_jax.models.layers import resize_bilinear_align_corners
 from tests.tolerances import U, sum_tol
 
 PARTS, DIM, NUM_CLASSES = 4, 8, 5
@@ -24,10 +27,14 @@ OFF = dict(upsampling='none', position_encoding='none', part_pooling='gwap',
            detach_parsing_for_pooling=False)
 
 
+RESNET = dict(backbone='resnet', depth=18, width=4, last_stride=1, stem_relu=True,
+              position_rows=H // 16)               # 4 x 2 map: compiles fast
+HRNET = dict(backbone='hrnet', hrnet_width=4, hrnet_stage_modules=(1, 1, 1), hrnet_blocks=1,
+             hrnet_stem_width=8, position_rows=H // 4)   # 16 x 8 map
+
+
 def model_config(name='drop', **kw):
-  base = dict(name=name, backbone='hrnet', hrnet_width=4, hrnet_stage_modules=(1, 1, 1),
-              hrnet_blocks=1, hrnet_stem_width=8, parts=PARTS, dim=DIM,
-              parsing_channels=8, position_rows=H // 4)
+  base = dict(name=name, parts=PARTS, dim=DIM, parsing_channels=8, **RESNET)
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -110,20 +117,48 @@ def test_position_encoding_and_dpu_touch_only_the_parsing_branch():
   plain = models.build_model(model_config(**OFF), NUM_CLASSES, seed=0)
   x = images()
   ref, _ = train_forward(plain, x)
-  for switch in (dict(position_encoding='learned'), dict(position_encoding='sinusoidal'),
-                 dict(upsampling='dpu'), dict(upsampling='dpu', dpu_fuse='concat')):
+  for switch in (dict(position_encoding='learned'), dict(position_encoding='sinusoidal')):
     m = models.build_model(model_config(**{**OFF, **switch}), NUM_CLASSES, seed=0)
     nnx.update(m, nnx.state(plain, nnx.filterlib.PathContains('base')))
     out, _ = train_forward(m, x)
     np.testing.assert_array_equal(out['spatial_features'], ref['spatial_features'])
-    assert out['pixel_scores'].shape == ref['pixel_scores'].shape == (6, H // 4, W // 4, PARTS + 1)
+    assert out['pixel_scores'].shape == ref['pixel_scores'].shape
     assert not np.allclose(out['pixel_scores'], ref['pixel_scores']), switch
+
+
+def test_dpu_parsing_features_come_from_the_branches_at_low_width():
+  x = images(2)
+  plain = models.build_model(model_config(**{**OFF, **HRNET}), NUM_CLASSES, seed=0)
+  m = models.build_model(model_config(**{**OFF, **HRNET, 'upsampling': 'dpu'}), NUM_CLASSES)
+  nnx.update(m, nnx.state(plain, nnx.filterlib.PathContains('base')))
+  assert m.pixel_classifier.bn.scale.shape == (8,)           # reads C_p = parsing_channels
+  m.eval()
+  plain.eval()
+
+  @nnx.jit
+  def run(m, plain, x):
+    _, maps = m.base(x, return_maps=True)
+    feat, parsing = m.features(x)
+    # DPU by hand from its layers: D4 = CR4(S4), D_i = CR_i(S_i) + Up(D_{i+1}), then the 3x3.
+    d = m.dpu.reduce[3](maps[3])
+    for i in (2, 1, 0):
+      d = m.dpu.reduce[i](maps[i]) + resize_bilinear_align_corners(d, maps[i].shape[1:3])
+    return feat, plain.base(x), parsing, m.dpu.smooth(d)
+  feat, plain_feat, parsing, by_hand = run(m, plain, x)
+  np.testing.assert_array_equal(feat, plain_feat)            # the ReID map is BPBreID's
+  assert parsing.shape == (2, H // 4, W // 4, 8)
+  np.testing.assert_array_equal(parsing, by_hand)
+  concat = models.build_model(model_config(**{**HRNET, 'dpu_fuse': 'concat'}), NUM_CLASSES)
+  shape = nnx.eval_shape(lambda m: m.features(x)[1], concat).shape
+  assert shape == (2, H // 4, W // 4, 8)
 
 
 def test_learned_position_rows_must_match_the_map():
   with pytest.raises(ValueError, match='position_rows'):
-    models.build_model(model_config(position_rows=None), NUM_CLASSES)
-  m = models.build_model(model_config(position_rows=H // 4 + 1), NUM_CLASSES)
+    models.build_model(model_config(**{**OFF, 'position_encoding': 'learned',
+                                       'position_rows': None}), NUM_CLASSES)
+  m = models.build_model(model_config(**{**OFF, 'position_encoding': 'learned',
+                                         'position_rows': H // 16 + 1}), NUM_CLASSES)
   with pytest.raises(ValueError, match='position_rows'):
     train_forward(m, images(2))
 
@@ -275,7 +310,7 @@ def test_bank_update_is_a_fifo_ring_against_numpy():
 
 
 def test_full_drop_loss_runs_with_the_bank_and_returns_its_aux():
-  m = models.build_model(model_config(), NUM_CLASSES)
+  m = models.build_model(model_config(upsampling='none'), NUM_CLASSES)   # DPU: test above
   cfg = loss_config(bank_size=12)
   bank = dr.init_bank(cfg, m, NUM_CLASSES, None)
   b = batch()

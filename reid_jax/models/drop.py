@@ -133,6 +133,7 @@ class DROP(bp.BPBreID):
                part_pooling: str = 'gwap+gmp', detach_parsing_for_pooling: bool = False,
                rngs: nnx.Rngs, **bpbreid_kwargs):
     _check_choice('model.upsampling', upsampling, UPSAMPLINGS)
+    _check_choice('model.dpu_fuse', dpu_fuse, DPU_FUSIONS)
     _check_choice('model.position_encoding', position_encoding, POSITION_ENCODINGS)
     _check_choice('model.part_pooling', part_pooling, PART_POOLINGS)
     super().__init__(backbone, num_classes, rngs=rngs, **bpbreid_kwargs)
