@@ -325,3 +325,42 @@ def test_full_drop_loss_runs_with_the_bank_and_returns_its_aux():
   assert int(bank['pointer']) == 6
   soft, _, _ = jit_loss(dr.drop_loss, m, b, None, loss_config(pixel_targets='soft'))
   assert np.isfinite(soft['loss']) and float(soft['loss']) != float(obj0['loss'])
+
+
+# ------------------------------------------------------------------------ in the training loop
+def test_train_step_fills_the_bank_with_the_steps_part_embeddings():
+  from reid_jax import config_lib, train
+  c = config_lib.base_config()
+  c.model = model_config(**{**OFF, 'position_encoding': 'learned', 'part_pooling': 'gwap+gmp'})
+  c.input.update(p=4, k=2, size=(H, W), parts='eight', dataset='synthetic_reid/occluded')
+  c.loss = loss_config(bank_size=12).loss
+  c.optim.update(name='sgd', momentum=0.0, nesterov=False)
+  rng = np.random.default_rng(7)
+  data = [{'image': rng.normal(size=(8, H, W, 3)).astype(np.float32),
+           'label': np.repeat(np.arange(4), 2).astype(np.int32),
+           'part_masks': rng.random((8, H // 4, W // 4, PARTS + 1)).astype(np.float32)}
+          for _ in range(2)]
+  fields = models.get_method('drop').batch_fields(c)
+  mesh = train.make_mesh(c)
+  with jax.set_mesh(mesh):
+    graphdef, state, tx = train.init_state(c, NUM_CLASSES, mesh)
+    assert state['extra']['features'].shape == (12, PARTS, DIM)
+    model = train.model_from_state(graphdef, jax.device_get(state))
+    first, _ = train_forward(model, jnp.asarray(data[0]['image']))
+    step = train.make_train_step(graphdef, tx, c, mesh)
+    state, metrics = step(state, train.put_batch(mesh, data[0], fields), jnp.float32(1e-3))
+    assert 'pct' in metrics and float(metrics['pct_bank_negatives']) == 0.0   # empty bank
+    bank = jax.device_get(state['extra'])
+    assert int(bank['pointer']) == 8
+    expected = np.asarray(dr.l2_normalize(first['embeddings'][bp.PARTS]))
+    # Unit vectors from the same forward on another sharding (reduction order): ~1e-6 apart.
+    np.testing.assert_allclose(bank['features'][:8], expected, atol=1e-4)
+    np.testing.assert_array_equal(bank['labels'][:8], data[0]['label'])
+    np.testing.assert_array_equal(bank['visible'][:8], first['visibility'][bp.PARTS])
+    assert not np.any(bank['visible'][8:]) and np.all(bank['labels'][8:] == -1)
+    state, metrics = step(state, train.put_batch(mesh, data[1], fields), jnp.float32(1e-3))
+    bank = jax.device_get(state['extra'])
+    assert int(bank['pointer']) == 4                   # 16 mod 12: wrapped
+    np.testing.assert_array_equal(bank['labels'][8:], data[1]['label'][:4])
+    np.testing.assert_array_equal(bank['labels'][:4], data[1]['label'][4:])
+    np.testing.assert_array_equal(bank['labels'][4:8], data[0]['label'][4:])
