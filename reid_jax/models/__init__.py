@@ -4,7 +4,7 @@ Stable API:
   build_model(model_config, num_classes, seed=0) -> nnx.Module
   get_method(name) -> Method (builder, training loss, extra state, optimizer groups)
   embed(model, images_nhwc) -> [B, D] test feature (eval mode; no flip, no L2 normalisation), or
-    for part-based methods (BPBreID) {'feat': [B, P, D], 'visibility': [B, P]}
+    for part-based methods (BPBreID, DROP) {'feat': [B, P, D], 'visibility': [B, P]}
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _embed(graphdef, state, images):
 def embed(model: nnx.Module, images):
   """The method's test feature ``[B, D]`` for images ``[B, H, W, 3]`` (normalised float32).
 
-  Part-based methods (BPBreID) return ``{'feat': [B, P, D], 'visibility': [B, P]}``: P
+  Part-based methods (BPBreID, DROP) return ``{'feat': [B, P, D], 'visibility': [B, P]}``: P
   embeddings per image (BPBreID: ``bn_foreg`` then the K parts) and their visibility (bool, or
   float scores when continuous), compared with ``reid_jax.evaluation``'s part distance.
 

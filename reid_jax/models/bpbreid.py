@@ -380,8 +380,9 @@ def soft_pixel_cross_entropy(scores: Array, part_masks: Array) -> Array:
 def bpbreid_batch_fields(config) -> tuple[str, ...]:
   parts = config.input.get('parts')
   if not parts:
-    raise ValueError("config.model.name='bpbreid' trains on human-parsing part masks: set "
-                     "config.input.parts (e.g. 'eight') on a dataset with parsing labels")
+    raise ValueError(f'config.model.name={config.model.name!r} trains on human-parsing part '
+                     "masks: set config.input.parts (e.g. 'eight') on a dataset with parsing "
+                     'labels')
   return ('image', 'label', 'part_masks')
 
 
@@ -399,7 +400,8 @@ def part_based_loss(model, batch, *, extra, config, context=None):
     visibility scores select (bool) or weight (float) the CE rows and mask the part distances.
   * ``config.loss.pixel_weight`` (0.35) x CE with label smoothing ``pixel_epsilon`` (0.1) of the
     pixel-to-part scores against the argmax of ``batch['part_masks']`` resized to the map, mean
-    over the ``N * h * w`` pixels.
+    over the ``N * h * w`` pixels; ``config.loss.pixel_targets='soft'`` (DROP's provisional
+    option, ``soft_pixel_cross_entropy``) uses the resized masks as soft targets instead.
   """
   del extra, context
   out = model.outputs(batch['image'])

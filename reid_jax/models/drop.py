@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from reid_jax.evaluation import distance
 from reid_jax.models import bpbreid as bp
 from reid_jax.models import registry
 from reid_jax.models.hrnet import ConvBN
@@ -213,10 +214,10 @@ def _cross_distances(a: Array, b: Array) -> Array:
   return jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, d)))
 
 
-def l2_normalize(x: Array, axis: int = -1, epsilon: float = 1e-12) -> Array:
-  """``x / max(|x|, epsilon)`` along ``axis`` (torch ``F.normalize``)."""
-  x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=axis, keepdims=True), epsilon)
+def l2_normalize(x: Array) -> Array:
+  """float32 ``x / max(|x|, 1e-12)`` along the last axis (torch ``F.normalize``; the
+  evaluation's helper)."""
+  return distance.l2_normalize(x.astype(jnp.float32))
 
 
 def part_compactness_triplet_loss(parts: Array, labels: Array, visible: Array, *,
