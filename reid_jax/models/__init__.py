@@ -4,7 +4,7 @@ Stable API:
   build_model(model_config, num_classes, seed=0) -> nnx.Module
   get_method(name) -> Method (builder, training loss, extra state, optimizer groups)
   embed(model, images_nhwc) -> [B, D] test feature (eval mode; no flip, no L2 normalisation), or
-    for part-based methods (BPBreID) {'feat': [B, P, D], 'visibility': [B, P]}
+    for part-based methods (BPBreID, DROP) {'feat': [B, P, D], 'visibility': [B, P]}
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from flax import nnx
 from reid_jax.models import apnet  # noqa: F401  (registers 'apnet')
 from reid_jax.models import bot  # noqa: F401  (registers 'baseline')
 from reid_jax.models import bpbreid  # noqa: F401  (registers 'bpbreid')
+from reid_jax.models import drop  # noqa: F401  (registers 'drop')
 from reid_jax.models import mpn  # noqa: F401  (registers 'mpn')
 from reid_jax.models import san  # noqa: F401  (registers 'san')
 from reid_jax.models.registry import (Method, OptimizerGroup, StepContext, get_builder,  # noqa: F401
@@ -40,7 +41,7 @@ def _embed(graphdef, state, images):
 def embed(model: nnx.Module, images):
   """The method's test feature ``[B, D]`` for images ``[B, H, W, 3]`` (normalised float32).
 
-  Part-based methods (BPBreID) return ``{'feat': [B, P, D], 'visibility': [B, P]}``: P
+  Part-based methods (BPBreID, DROP) return ``{'feat': [B, P, D], 'visibility': [B, P]}``: P
   embeddings per image (BPBreID: ``bn_foreg`` then the K parts) and their visibility (bool, or
   float scores when continuous), compared with ``reid_jax.evaluation``'s part distance.
 

@@ -175,9 +175,9 @@ class BPBreID(nnx.Module):
     * ``masks``: ``globl, backg, foreg, conct [N, h, w]``, ``parts [N, h, w, K]``.
     All float outputs are float32.
     """
-    feat = self.base(x)
+    feat, parsing_feat = self.features(x)
     n, h, w, _ = feat.shape
-    scores = self.pixel_classifier(feat).astype(jnp.float32)
+    scores = self.pixel_classifier(parsing_feat).astype(jnp.float32)
     probs = jax.nn.softmax(scores, axis=-1)
     background = probs[..., 0]
     parts_masks = probs[..., 1:]
@@ -190,8 +190,7 @@ class BPBreID(nnx.Module):
     global_emb = jnp.mean(featf, axis=(1, 2))
     foreground_emb = jnp.mean(featf * foreground[..., None], axis=(1, 2))
     background_emb = jnp.mean(featf * background[..., None], axis=(1, 2))
-    mass = jnp.maximum(jnp.sum(parts_masks, axis=(1, 2)), 1e-6)         # [N, K]
-    parts_emb = jnp.einsum('nhwk,nhwc->nkc', parts_masks, featf) / mass[..., None]
+    parts_emb = self.pool_parts(parts_masks, featf)
     embeddings = {GLOBAL: self.global_reduce(global_emb),
                   FOREGROUND: self.foreground_reduce(foreground_emb),
                   BACKGROUND: self.background_reduce(background_emb),
@@ -214,6 +213,20 @@ class BPBreID(nnx.Module):
             'visibility': visibility,
             'logits': {k: v.astype(jnp.float32) for k, v in logits.items()},
             'pixel_scores': scores, 'spatial_features': featf, 'masks': masks}
+
+  def features(self, x: Array) -> tuple[Array, Array]:
+    """``(ReID features, parsing features)`` for images ``x [N, H, W, 3]``: both the backbone's
+    ``[N, h, w, C]`` map in BPBreID (one shared feature; subclasses such as DROP decouple them;
+    the parsing features must keep the ``h x w`` grid)."""
+    feat = self.base(x)
+    return feat, feat
+
+  def pool_parts(self, parts_masks: Array, feat: Array) -> Array:
+    """Part embeddings before the dim-reduce layer: ``parts_masks [N, h, w, K]`` and float32
+    ``feat [N, h, w, C]`` -> ``[N, K, C]``, the weighted average (``GWAP``)
+    ``sum_hw(mask_k * f) / max(sum_hw(mask_k), 1e-6)``."""
+    mass = jnp.maximum(jnp.sum(parts_masks, axis=(1, 2)), 1e-6)         # [N, K]
+    return jnp.einsum('nhwk,nhwc->nkc', parts_masks, feat) / mass[..., None]
 
   def test_feature(self, out: dict) -> dict:
     """``{'feat': [N, P, D], 'visibility': [N, P]}`` from ``outputs``: the ``test_embeddings``
@@ -349,11 +362,27 @@ def pixel_targets(part_masks: Array, size: tuple[int, int]) -> Array:
   return jnp.argmax(masks, axis=-1).astype(jnp.int32)
 
 
+def soft_pixel_cross_entropy(scores: Array, part_masks: Array) -> Array:
+  """CE of ``scores [N, h, w, K+1]`` against soft targets: ``part_masks [N, Hm, Wm, K+1]``
+  resized bilinearly (``align_corners=True``) to the map, clipped at 0 and normalised to sum 1
+  over the K+1 classes per pixel (uniform where they sum to 0); mean over the ``N * h * w``
+  pixels. DROP's provisional "spatially smoothed" reading (docs/drop.md)."""
+  masks = part_masks.astype(jnp.float32)
+  if tuple(masks.shape[1:3]) != tuple(scores.shape[1:3]):
+    masks = resize_bilinear_align_corners(masks, tuple(scores.shape[1:3]))
+  masks = jnp.maximum(masks, 0.0)
+  mass = jnp.sum(masks, axis=-1, keepdims=True)
+  targets = jnp.where(mass > 0, masks / jnp.where(mass > 0, mass, 1.0), 1.0 / masks.shape[-1])
+  log_probs = jax.nn.log_softmax(scores.astype(jnp.float32), axis=-1)
+  return jnp.mean(jnp.sum(-targets * log_probs, axis=-1))
+
+
 def bpbreid_batch_fields(config) -> tuple[str, ...]:
   parts = config.input.get('parts')
   if not parts:
-    raise ValueError("config.model.name='bpbreid' trains on human-parsing part masks: set "
-                     "config.input.parts (e.g. 'eight') on a dataset with parsing labels")
+    raise ValueError(f'config.model.name={config.model.name!r} trains on human-parsing part '
+                     "masks: set config.input.parts (e.g. 'eight') on a dataset with parsing "
+                     'labels')
   return ('image', 'label', 'part_masks')
 
 
@@ -371,16 +400,24 @@ def part_based_loss(model, batch, *, extra, config, context=None):
     visibility scores select (bool) or weight (float) the CE rows and mask the part distances.
   * ``config.loss.pixel_weight`` (0.35) x CE with label smoothing ``pixel_epsilon`` (0.1) of the
     pixel-to-part scores against the argmax of ``batch['part_masks']`` resized to the map, mean
-    over the ``N * h * w`` pixels.
+    over the ``N * h * w`` pixels; ``config.loss.pixel_targets='soft'`` (DROP's provisional
+    option, ``soft_pixel_cross_entropy``) uses the resized masks as soft targets instead.
   """
   del extra, context
-  c = config.loss
-  labels = batch['label']
   out = model.outputs(batch['image'])
+  total, metrics = part_based_terms(out, batch, config.loss)
+  metrics['loss'] = total
+  return {'loss': total}, metrics, None
+
+
+def part_based_terms(out: dict, batch, c, weights: dict | None = None) -> tuple[Array, dict]:
+  """``part_based_loss``'s total and metrics from the model's ``outputs`` ``out``, the batch and
+  the ``config.loss`` section ``c``; ``weights`` (default ``c.weights``) the GiLt weights."""
+  labels = batch['label']
   use_vis = bool(c.get('visibility_in_training', False))
   eps = c.get('ce_epsilon', 0.1)
   margin = c.get('triplet_margin', 0.3)
-  weights = c.get('weights')
+  weights = c.get('weights') if weights is None else weights
   weights = DEFAULT_LOSS_WEIGHTS if weights is None else weights
   total = jnp.zeros([], jnp.float32)
   metrics = {}
@@ -419,13 +456,18 @@ def part_based_loss(model, batch, *, extra, config, context=None):
                        f'predicts K+1 = {scores.shape[-1]} (background + config.model.parts); '
                        'config.input.parts and config.model.parts must agree')
     targets = pixel_targets(masks, scores.shape[1:3])
-    pixel_ce = losses.cross_entropy_label_smooth(scores.reshape(-1, scores.shape[-1]),
-                                                 targets.reshape(-1), c.get('pixel_epsilon', 0.1))
+    mode = c.get('pixel_targets', 'argmax')
+    if mode == 'argmax':
+      pixel_ce = losses.cross_entropy_label_smooth(
+          scores.reshape(-1, scores.shape[-1]), targets.reshape(-1), c.get('pixel_epsilon', 0.1))
+    elif mode == 'soft':
+      pixel_ce = soft_pixel_cross_entropy(scores, masks)
+    else:
+      raise ValueError(f"config.loss.pixel_targets must be 'argmax' or 'soft', got {mode!r}")
     total = total + pixel_w * pixel_ce
     metrics['pixel_ce'] = pixel_ce
     metrics['pixel_accuracy'] = jnp.mean(jnp.argmax(scores, -1) == targets)
-  metrics['loss'] = total
-  return {'loss': total}, metrics, None
+  return total, metrics
 
 
 # ------------------------------------------------------------------------------------ pictures

@@ -168,7 +168,9 @@ class HRNet(nnx.Module):
   ``__call__(x [B, H, W, 3])`` -> ``[B, H/4, W/4, out_features]`` with ``out_features`` =
   ``60 * width`` (``dim_reduction_channels`` with ``dim_reduction``); H and W must be multiples
   of 32. ``return_branches=True`` also returns the four stage-4 outputs
-  ``[B, H / 2**(k+2), W / 2**(k+2), width * 2**k]``, k = 0..3 (before the incre modules).
+  ``[B, H / 2**(k+2), W / 2**(k+2), width * 2**k]``, k = 0..3 (before the incre modules);
+  ``return_maps=True`` instead the four incre-module outputs
+  ``[B, H / 2**(k+2), W / 2**(k+2), concat_channels[k]]`` (before the resize and concat).
   Initialisation as BPBreID's ``random_init``: kaiming-normal (fan_out, relu) convolutions,
   BN weight 1 and bias 0 (``cls_head``'s conv bias keeps PyTorch's default uniform init).
   """
@@ -221,7 +223,7 @@ class HRNet(nnx.Module):
       x = block(x)
     return x
 
-  def __call__(self, x: Array, *, return_branches: bool = False):
+  def __call__(self, x: Array, *, return_branches: bool = False, return_maps: bool = False):
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'HRNet expects images [B, H, W, 3], got shape {tuple(x.shape)}')
     h, w = x.shape[1:3]
@@ -247,5 +249,7 @@ class HRNet(nnx.Module):
                           axis=-1)
     if self.dim_reduction:
       out = self.cls_head(out)
+    if return_maps:
+      return out, maps
     return (out, branches) if return_branches else out
 
