@@ -44,7 +44,8 @@ def loss_config(**kw):
       input=dict(p=2, k=3),
       loss=dict(ce_epsilon=0.1, triplet_margin=0.3, weights=bp.DEFAULT_LOSS_WEIGHTS,
                 pixel_weight=0.35, pixel_epsilon=0.1, pct=True, pct_weight=1.0, pct_margin=0.3,
-                pct_positive='center', bank_size=0)))
+                pct_positive='center', bank='none', bank_size=0,
+                bank_momentum=0.2)))
   c.loss.update(kw)
   return c
 
@@ -163,10 +164,35 @@ def test_learned_position_rows_must_match_the_map():
     train_forward(m, images(2))
 
 
-def test_dpu_needs_hrnet_and_bad_choices_name_the_field():
-  with pytest.raises(ValueError, match="backbone='hrnet'"):
-    models.build_model(model_config(backbone='resnet', depth=18, width=4, last_stride=1),
-                       NUM_CLASSES)
+def test_dpu_on_a_resnet_parses_at_layer1_and_pools_with_area_averaged_masks():
+  """On a ResNet the DPU fuses layer1..layer4: the part scores are on layer1's grid (1/4), 4x
+  finer than the ReID map (1/16, last stride 1); visibility comes from that fine grid and the
+  embeddings are pooled with the probabilities averaged over each 4x4 block (NumPy below)."""
+  m = models.build_model(model_config(**{**OFF, 'upsampling': 'dpu',
+                                         'position_encoding': 'learned',
+                                         'position_rows': H // 4}), NUM_CLASSES)
+  out, _ = train_forward(m, images(2))
+  assert out['pixel_scores'].shape == (2, H // 4, W // 4, PARTS + 1)
+  assert out['spatial_features'].shape[1:3] == (H // 16, W // 16)
+  probs = np.asarray(jax.nn.softmax(out['pixel_scores'], axis=-1), np.float64)
+  area = probs.reshape(2, H // 16, 4, W // 16, 4, PARTS + 1).mean(axis=(2, 4))
+  np.testing.assert_allclose(out['masks']['parts'], area[..., 1:], atol=8 * U)
+  np.testing.assert_allclose(out['masks']['backg'], area[..., 0], atol=8 * U)
+  winners = probs.argmax(-1)
+  np.testing.assert_array_equal(
+      out['visibility']['parts'],
+      np.stack([(winners == k).any(axis=(1, 2)) for k in range(1, PARTS + 1)], axis=1))
+  feat = np.asarray(out['spatial_features'], np.float64)
+  gwap = (np.einsum('nhwk,nhwc->nkc', area[..., 1:], feat)
+          / np.maximum(area[..., 1:].sum(axis=(1, 2)), 1e-6)[..., None])
+  np.testing.assert_allclose(m.pool_parts(jnp.asarray(area[..., 1:], jnp.float32),
+                                          out['spatial_features']), gwap,
+                             rtol=1e-5, atol=1e-5 * np.abs(gwap).max())
+  with pytest.raises(ValueError, match='whole multiple'):
+    m.pooling_probs(jnp.zeros((1, 6, 5, PARTS + 1)), (4, 2))
+
+
+def test_bad_choices_name_the_field():
   for field, value in (('upsampling', 'fpn'), ('position_encoding', 'rope'),
                        ('part_pooling', 'gmp'), ('dpu_fuse', 'max')):
     with pytest.raises(ValueError, match=f'config.model.{field}'):
@@ -286,7 +312,7 @@ def test_bank_negatives_can_only_make_the_loss_larger():
 
 
 def test_bank_update_is_a_fifo_ring_against_numpy():
-  cfg = loss_config(bank_size=7)
+  cfg = loss_config(bank='fifo', bank_size=7)
   m = models.build_model(model_config(**OFF), NUM_CLASSES)
   bank = dr.init_bank(cfg, m, NUM_CLASSES, None)
   assert bank['features'].shape == (7, PARTS, DIM) and not np.any(bank['visible'])
@@ -303,15 +329,58 @@ def test_bank_update_is_a_fifo_ring_against_numpy():
         ref[key][slot] = aux[key][r]
     ref['pointer'] = (ref['pointer'] + 3) % 7
     jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, bank), ref)
-  assert dr.init_bank(loss_config(bank_size=0), m, NUM_CLASSES, None) is None
-  assert dr.init_bank(loss_config(bank_size=7, pct=False), m, NUM_CLASSES, None) is None
+  assert dr.init_bank(loss_config(bank='none', bank_size=7), m, NUM_CLASSES, None) is None
+  assert dr.init_bank(loss_config(bank='fifo', bank_size=7, pct=False), m, NUM_CLASSES,
+                     None) is None
   with pytest.raises(ValueError, match='bank_size'):
-    dr.init_bank(loss_config(bank_size=5), m, NUM_CLASSES, None)   # < P*K = 6
+    dr.init_bank(loss_config(bank='fifo', bank_size=5), m, NUM_CLASSES, None)   # < P*K = 6
+  with pytest.raises(ValueError, match='loss.bank'):
+    dr.init_bank(loss_config(bank='queue'), m, NUM_CLASSES, None)
+
+
+def test_id_momentum_bank_update_against_numpy():
+  """One row per identity: the visible part-k embeddings of each identity in the batch are
+  averaged, blended with the old row (weight m = 0.3 on the old) and renormalised; rows of
+  absent identities and invisible parts stay as they were."""
+  m = models.build_model(model_config(**OFF), NUM_CLASSES)
+  cfg = loss_config(bank='id_momentum', bank_momentum=0.3)
+  bank = dr.init_bank(cfg, m, NUM_CLASSES, None)
+  assert bank['features'].shape == (NUM_CLASSES, PARTS, DIM) and 'pointer' not in bank
+  np.testing.assert_array_equal(bank['labels'], np.arange(NUM_CLASSES))
+  ref = jax.tree.map(np.array, bank)
+  rng = np.random.default_rng(8)
+  for _ in range(3):
+    f = rng.normal(size=(6, PARTS, DIM)).astype(np.float32)
+    aux = {'features': f / np.linalg.norm(f, axis=-1, keepdims=True),
+           'labels': np.array([0, 0, 0, 3, 3, 1], np.int32),
+           'visible': (rng.random((6, PARTS)) > 0.4).astype(np.float32)}
+    bank = dr.update_bank(bank, None, jax.tree.map(jnp.asarray, aux), cfg)
+    for y in range(NUM_CLASSES):
+      for k in range(PARTS):
+        rows = [i for i in range(6) if aux['labels'][i] == y and aux['visible'][i, k]]
+        if not rows:
+          continue
+        e = np.mean([aux['features'][i, k] for i in rows], axis=0)
+        v = 0.3 * ref['features'][y, k] + 0.7 * e
+        ref['features'][y, k] = v / np.linalg.norm(v)
+        ref['visible'][y, k] = 1.0
+    # Unit vectors after a mean, a blend and a norm over DIM terms: ~DIM + 8 roundings.
+    np.testing.assert_allclose(bank['features'], ref['features'], atol=(DIM + 8) * U)
+    np.testing.assert_array_equal(bank['visible'], ref['visible'])
+    np.testing.assert_array_equal(bank['labels'], ref['labels'])
+  assert not np.any(np.asarray(bank['visible'])[[2, 4]])     # identities never in a batch
+  # The PCT loss reads it as any bank: an identity's own row is never its negative.
+  parts = jnp.asarray(aux['features'])
+  _, info = dr.part_compactness_triplet_loss(parts, jnp.asarray(aux['labels']),
+                                             jnp.asarray(aux['visible']) > 0, bank=bank)
+  assert 0.0 <= float(info['bank_negatives']) <= 1.0
+  with pytest.raises(ValueError, match='bank_momentum'):
+    dr.init_bank(loss_config(bank='id_momentum', bank_momentum=1.0), m, NUM_CLASSES, None)
 
 
 def test_full_drop_loss_runs_with_the_bank_and_returns_its_aux():
   m = models.build_model(model_config(upsampling='none'), NUM_CLASSES)   # DPU: test above
-  cfg = loss_config(bank_size=12)
+  cfg = loss_config(bank='fifo', bank_size=12)
   bank = dr.init_bank(cfg, m, NUM_CLASSES, None)
   b = batch()
   obj, metrics, aux = jit_loss(dr.drop_loss, m, b, bank, cfg)
@@ -333,7 +402,7 @@ def test_train_step_fills_the_bank_with_the_steps_part_embeddings():
   c = config_lib.base_config()
   c.model = model_config(**{**OFF, 'position_encoding': 'learned', 'part_pooling': 'gwap+gmp'})
   c.input.update(p=4, k=2, size=(H, W), parts='eight', dataset='synthetic_reid/occluded')
-  c.loss = loss_config(bank_size=12).loss
+  c.loss = loss_config(bank='fifo', bank_size=12).loss
   c.optim.update(name='sgd', momentum=0.0, nesterov=False)
   rng = np.random.default_rng(7)
   data = [{'image': rng.normal(size=(8, H, W, 3)).astype(np.float32),

@@ -26,7 +26,8 @@ def test_default_is_bpbreid_occluded_duke_at_256x128_with_every_drop_piece_on():
       'dpu', 'learned', 'gwap+gmp')
   assert c.model.parsing_channels == 128 and not c.model.detach_parsing_for_pooling
   assert c.loss.pct and c.loss.pct_weight == 1.0 and c.loss.pct_margin == 0.3
-  assert c.loss.bank_size == 4096 and c.loss.pixel_targets == 'argmax'
+  assert (c.loss.bank, c.loss.bank_size, c.loss.bank_momentum) == ('fifo', 4096, 0.2)
+  assert c.loss.pixel_targets == 'argmax'
   # Everything else is BPBreID's recipe.
   for section in ('optim', 'eval'):
     assert c[section].to_dict() == b[section].to_dict(), section

@@ -1,21 +1,24 @@
 """``reid_jax.export``: ONNX (run with onnxruntime) and TensorFlow SavedModel (loaded with
 ``tf.saved_model.load``) give the test features of ``models.embed`` with the config's flip and L2
-settings, for a dynamic batch, uint8 and float32 inputs, vector methods (BoT, MPN) and a
-part-based one (a tiny dummy method defined here returning ``{'feat', 'visibility'}``).
+settings, for a dynamic batch, uint8 and float32 inputs, vector methods (BoT, MPN) and
+part-based ones returning ``{'feat', 'visibility'}`` (DROP on a narrow HRNet, and a tiny dummy
+method defined here).
 
 Reference, written here: NumPy ``(x / 255 - mean) / std``; ``models.embed`` of the images and of
 their mirror; the flip rule (features added, visibility ORed, as
-``reid_jax.evaluation.features.combine_flip``); NumPy L2 normalisation.
+``reid_jax.evaluation.features.combine_flip``); NumPy L2 normalisation (``x / max(|x|, 1e-12)``).
 Tolerance: the issue's 1e-4 of the largest feature magnitude (ONNX Runtime and TensorFlow's XLA
 run their own convolution algorithms)."""
 
 import functools
 import os
+import runpy
 import subprocess
 import sys
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -64,6 +67,12 @@ def method_config(name):
   if name == PARTS:
     config.input.size = (48, 32)
     config.eval.flip = 'mean'
+  if name == 'drop':  # the recipe's test settings, every DROP piece on, a narrow HRNet
+    config = runpy.run_path(os.path.join(ROOT, 'configs', 'drop.py'))['get_config']('synthetic')
+    config.model.update(parts=4, dim=16, backbone='hrnet', hrnet_width=4, hrnet_stem_width=8,
+                        hrnet_stage_modules=(1, 1, 1), hrnet_blocks=1, parsing_channels=8,
+                        position_rows=16)
+    config.input.size = (64, 32)
   return config
 
 
@@ -90,6 +99,12 @@ def built(name, tmp_path_factory):
     for path, var in nnx.iter_graph(model):
       if isinstance(var, nnx.BatchStat):
         var[...] = var[...] + 0.1 * (1 + (len(path) % 3))
+    if name == 'drop':
+      # Part scores O(1) apart, parts 3 and 4 never winning a pixel: visible and invisible parts
+      # with a wide margin (the initial scores differ by ~1e-3).
+      clf = model.pixel_classifier.classifier
+      clf.kernel[...] = clf.kernel[...] * 1000
+      clf.bias[...] = jnp.array([0.0, 0.0, 0.0, -100.0, -100.0])
     directory = tmp_path_factory.mktemp(name) / 'ckpt'
     checkpoint.save_model(model, directory, num_classes=7, model_config=config.model)
     _BUILT[name] = FeatureExtractor(config, str(directory)), model, directory
@@ -138,8 +153,8 @@ def reference(model, config, images_u8):
       a['feat'] = a['feat'] / 2
     if 'visibility' in a:
       a['visibility'] = a['visibility'] | np.asarray(b['visibility'])
-  if config.eval.normalize:
-    a['feat'] = a['feat'] / np.linalg.norm(a['feat'], axis=-1, keepdims=True)
+  if config.eval.normalize:  # torch F.normalize: a zero row (a part pooled from nothing) stays 0
+    a['feat'] = a['feat'] / np.maximum(np.linalg.norm(a['feat'], axis=-1, keepdims=True), 1e-12)
   return a
 
 
@@ -163,11 +178,11 @@ def batches(extractor, images, want, input_dtype):
     yield n, x[:n], {k: v[:n] for k, v in want.items()}
 
 
-# Each format sees BoT, MPN and the dummy part-based method, uint8 and float32 inputs, not every
-# combination (the file stays near a minute of CPU); test_export_from_config_file adds BoT's
-# SavedModel with uint8 input, lowered for every platform.
+# Each format sees BoT, MPN, DROP (ONNX) and the dummy part-based method, uint8 and float32
+# inputs, not every combination (the file stays near a minute of CPU);
+# test_export_from_config_file adds BoT's SavedModel with uint8 input, lowered for every platform.
 ONNX_CASES = [('baseline', 'uint8'), ('baseline', 'float32'), ('mpn', 'uint8'),
-              (PARTS, 'float32')]
+              (PARTS, 'float32'), ('drop', 'uint8')]
 SAVEDMODEL_CASES = [('mpn', 'float32'), (PARTS, 'uint8')]
 
 

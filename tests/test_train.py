@@ -18,27 +18,32 @@ from tests.tolerances import assert_close_scaled, resnet_forward_terms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY_CONFIG = '''
-from reid_jax import config_lib
-import importlib.util, os
-spec = importlib.util.spec_from_file_location('baseline', os.path.join({root!r}, 'configs', 'baseline.py'))
-baseline = importlib.util.module_from_spec(spec); spec.loader.exec_module(baseline)
-
-def get_config(arg=None):
-  c = baseline.get_config('synthetic')
-  c.input.dataset = 'synthetic_reid/tiny'
+TINY_SETTINGS = '''
+def tiny(c, dataset):
+  c.input.dataset = dataset
   c.input.data_dir = {data_dir!r}
   c.input.size = (64, 32)
   c.input.pad = 4
   c.input.p, c.input.k = 4, 4
   c.input.threads = 2
-  c.model.update(depth=18, width=8)
   c.num_epochs = 4
   c.optim.update(warmup_epochs=1, milestones=(3,))
   c.eval.at_end = False
   c.log_every_steps = 1
   c.checkpoint.every_steps = 2
   c.checkpoint.keep = 2
+  return c
+'''
+
+TINY_CONFIG = TINY_SETTINGS + '''
+from reid_jax import config_lib
+import importlib.util, os
+spec = importlib.util.spec_from_file_location('baseline', os.path.join({root!r}, 'configs', 'baseline.py'))
+baseline = importlib.util.module_from_spec(spec); spec.loader.exec_module(baseline)
+
+def get_config(arg=None):
+  c = tiny(baseline.get_config('synthetic'), 'synthetic_reid/tiny')
+  c.model.update(depth=18, width=8)
   return c
 '''
 
@@ -188,6 +193,13 @@ def test_preempted_then_killed_then_resumed_is_bitwise_identical(tiny_setup, ref
   assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
 
   kill_at = int(np.random.default_rng().integers(preempted_step + 2, total - 1))
+  kill_then_resume(cfg, workdir, kill_at)
+  assert_same_state(final_state(workdir), reference)
+
+
+def kill_then_resume(cfg, workdir, kill_at):
+  """Runs training in ``workdir``, SIGKILLs it once step ``kill_at`` is logged, checks it had
+  not finished, and runs the same command again to the end."""
   proc = subprocess.Popen(main_cmd(cfg, workdir), cwd=ROOT, env=env(),
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
@@ -195,8 +207,8 @@ def test_preempted_then_killed_then_resumed_is_bitwise_identical(tiny_setup, ref
   finally:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+  assert not os.path.exists(os.path.join(workdir, 'metrics.json'))
   run(cfg, workdir)
-  assert_same_state(final_state(workdir), reference)
 
 
 @pytest.mark.parametrize('item', ['model', 'train'])
@@ -251,3 +263,40 @@ def test_eval_mode_and_extract_cli_on_the_trained_checkpoint(tiny_setup, referen
   assert_close_scaled(saved['feats'], qf, scale=1.0,
                       terms=resnet_forward_terms(config.model.depth, config.model.width))
   np.testing.assert_array_equal(saved['pids'], qp)
+
+
+DROP_TINY_CONFIG = TINY_SETTINGS + '''
+import os, runpy
+
+def get_config(arg=None):
+  c = runpy.run_path(os.path.join({root!r}, 'configs', 'drop.py'))['get_config']('synthetic')
+  c = tiny(c, 'synthetic_reid/tiny_occluded')
+  c.model.update(width=8, parsing_channels=8, dim=16, position_rows=16)
+  c.loss.bank_size = 40         # 2.5 batches: the ring wraps at a different slot each time
+  c.num_epochs = 3
+  c.optim.milestones = (2,)
+  return c
+'''
+
+
+def test_drop_with_its_memory_bank_resumes_bitwise_after_sigkill(tiny_setup):
+  """DROP's parts memory bank is training state: a run killed at a random step and resumed with
+  the same command ends bit-identical to an uninterrupted run, bank included (its ring pointer,
+  labels, visibilities and embeddings are in the checkpoint and not at their initial values)."""
+  root, _ = tiny_setup
+  data_dir = str(root / 'tfds')
+  prepare.prepare('synthetic_reid/tiny_occluded', data_dir=data_dir)
+  cfg = root / 'drop_tiny_config.py'
+  cfg.write_text(DROP_TINY_CONFIG.format(root=ROOT, data_dir=data_dir))
+  cfg = str(cfg)
+  run(cfg, str(root / 'drop_reference'))
+  reference = final_state(str(root / 'drop_reference'))
+  total, state = reference
+  bank = {k.rsplit("'", 2)[-2]: v for k, v in state.items() if "['extra']" in k}
+  assert sorted(bank) == ['features', 'labels', 'pointer', 'visible']
+  assert int(bank['pointer']) == (16 * total) % 40 and np.all(bank['labels'] >= 0)
+  assert np.any(bank['visible']) and np.any(bank['features'])
+
+  workdir = str(root / 'drop_interrupted')
+  kill_then_resume(cfg, workdir, int(np.random.default_rng().integers(3, total - 1)))
+  assert_same_state(final_state(workdir), reference)

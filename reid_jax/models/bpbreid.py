@@ -172,20 +172,22 @@ class BPBreID(nnx.Module):
       continuous);
     * ``logits``: ``globl, backg, foreg, conct [N, C]``, ``parts [N, K, C]``;
     * ``pixel_scores [N, h, w, K+1]`` (before the softmax), ``spatial_features [N, h, w, C]``;
-    * ``masks``: ``globl, backg, foreg, conct [N, h, w]``, ``parts [N, h, w, K]``.
+    * ``masks``: ``globl, backg, foreg, conct [N, h, w]``, ``parts [N, h, w, K]`` (the pooling
+      masks, on the ReID map's grid; visibility is taken from the scores' own grid).
     All float outputs are float32.
     """
     feat, parsing_feat = self.features(x)
     n, h, w, _ = feat.shape
     scores = self.pixel_classifier(parsing_feat).astype(jnp.float32)
     probs = jax.nn.softmax(scores, axis=-1)
-    background = probs[..., 0]
-    parts_masks = probs[..., 1:]
-    foreground = jnp.max(parts_masks, axis=-1)
     binary = self.binary_visibility_test if self.use_running_average \
         else self.binary_visibility_train
     vis = visibility_scores(probs, binary)
     foreground_vis = jnp.any(vis, axis=1) if vis.dtype == jnp.bool_ else jnp.max(vis, axis=1)
+    probs = self.pooling_probs(probs, (h, w))
+    background = probs[..., 0]
+    parts_masks = probs[..., 1:]
+    foreground = jnp.max(parts_masks, axis=-1)
     featf = feat.astype(jnp.float32)
     global_emb = jnp.mean(featf, axis=(1, 2))
     foreground_emb = jnp.mean(featf * foreground[..., None], axis=(1, 2))
@@ -216,10 +218,16 @@ class BPBreID(nnx.Module):
 
   def features(self, x: Array) -> tuple[Array, Array]:
     """``(ReID features, parsing features)`` for images ``x [N, H, W, 3]``: both the backbone's
-    ``[N, h, w, C]`` map in BPBreID (one shared feature; subclasses such as DROP decouple them;
-    the parsing features must keep the ``h x w`` grid)."""
+    ``[N, h, w, C]`` map in BPBreID (one shared feature; subclasses such as DROP decouple them:
+    their parsing grid is the ReID map's or a whole multiple of it, see ``pooling_probs``)."""
     feat = self.base(x)
     return feat, feat
+
+  def pooling_probs(self, probs: Array, size: tuple[int, int]) -> Array:
+    """The part probabilities ``[N, h', w', K+1]`` the embeddings are pooled with, on the ReID
+    map's ``size`` ``(h, w)``: the pixel classifier's own in BPBreID (same grid)."""
+    del size
+    return probs
 
   def pool_parts(self, parts_masks: Array, feat: Array) -> Array:
     """Part embeddings before the dim-reduce layer: ``parts_masks [N, h, w, K]`` and float32

@@ -13,9 +13,13 @@ Network (channels-last), on the shared HRNet-W32 backbone:
 * parsing features (``upsampling='dpu'``, provisional design of the paper's Detail-Preserving
   Upsampling): the four incre-module maps ``S_1..S_4`` each reduced by ``CR_i`` (1x1 conv + BN +
   ReLU) to ``C_p`` channels (``parsing_channels``, 128), fused top-down ``D_4 = CR_4(S_4)``,
-  ``D_i = CR_i(S_i) (+) Up2x(D_{i+1})`` (bilinear, ``align_corners=True``; ``(+)`` a sum, or with
-  ``dpu_fuse='concat'`` a concat then 1x1 conv + BN + ReLU back to ``C_p``), then a 3x3 conv + BN +
-  ReLU: ``[N, H/4, W/4, C_p]``. ``upsampling='none'``: the parsing side reads the ReID features;
+  ``D_i = CR_i(S_i) (+) Up(D_{i+1})`` (bilinear to ``S_i``'s grid, ``align_corners=True``; ``(+)``
+  a sum, or with ``dpu_fuse='concat'`` a concat then 1x1 conv + BN + ReLU back to ``C_p``), then
+  a 3x3 conv + BN + ReLU: ``[N, H/4, W/4, C_p]``. ``upsampling='none'``: the parsing side reads
+  the ReID features. On BPBreID's ResNet option (``backbone='resnet'``, the CPU demo) the DPU
+  fuses ``layer1..layer4`` the same way: the parts are predicted on layer1's 1/4 grid, finer
+  than the 1/16 ReID map, and pooled with the probabilities averaged over each block of the
+  finer grid (``pooling_probs``; visibility from the fine grid);
 * pedestrian position encoding on the parsing side only (``position_encoding``): a height
   embedding ``E [h, C]`` broadcast over the width and added to the parsing features before the
   pixel-to-part classifier; ``'learned'`` (a table, init N(0, 0.02^2), ``position_rows`` = h
@@ -31,9 +35,10 @@ With ``upsampling='none'``, ``position_encoding='none'``, ``part_pooling='gwap'`
 
 Loss (``drop_loss``): BPBreID's ``part_based`` terms with, when ``config.loss.pct`` is on, the
 parts' triplet replaced by ``pct_weight`` x the part-aware compactness triplet loss
-(``part_compactness_triplet_loss``, provisional) whose negatives also come from a FIFO memory bank
-of past part embeddings (``config.loss.bank_size``; 0 = no bank), kept as the method's extra
-training state (checkpointed and restored with the optimizer state).
+(``part_compactness_triplet_loss``, provisional) whose negatives also come from a memory bank of
+part embeddings (``config.loss.bank``: a FIFO ring of past batches of ``bank_size`` rows, one
+momentum-averaged row per identity, or 'none'), kept as the method's extra training state
+(checkpointed and restored with the optimizer state).
 """
 
 from __future__ import annotations
@@ -144,11 +149,12 @@ class DROP(bp.BPBreID):
     dtype = getattr(backbone, 'dtype', None)
     parsing_width = backbone.out_features
     if upsampling == 'dpu':
-      if not hasattr(backbone, 'concat_channels'):
-        raise ValueError("config.model.upsampling='dpu' fuses the HRNet branches: it needs "
-                         "config.model.backbone='hrnet' (or set upsampling='none')")
+      # HRNet: its four incre-module maps (1/4 ... 1/32); ResNet: layer1..layer4 (1/4 ...).
+      levels = getattr(backbone, 'concat_channels', None)
+      if levels is None:
+        levels = tuple(backbone.stage_channels[1:])
       parsing_width = parsing_channels
-      self.dpu = DetailPreservingUpsampling(backbone.concat_channels, parsing_channels,
+      self.dpu = DetailPreservingUpsampling(levels, parsing_channels,
                                             fuse=dpu_fuse, dtype=dtype, rngs=rngs)
       # The pixel classifier reads the C_p-wide parsing features instead of the ReID map.
       self.pixel_classifier = bp.PixelToPartClassifier(parsing_width, self.parts, dtype=dtype,
@@ -160,7 +166,11 @@ class DROP(bp.BPBreID):
   def features(self, x: Array) -> tuple[Array, Array]:
     """``(ReID features [N, h, w, C], parsing features [N, h, w, C_p])``."""
     if self.upsampling == 'dpu':
-      feat, maps = self.base(x, return_maps=True)
+      if hasattr(self.base, 'concat_channels'):
+        feat, maps = self.base(x, return_maps=True)
+      else:
+        maps = self.base(x, return_stages=True)[1:]
+        feat = maps[-1]
       parsing = self.dpu(maps)
     else:
       feat = self.base(x)
@@ -168,6 +178,20 @@ class DROP(bp.BPBreID):
     if hasattr(self, 'position'):
       parsing = self.position(parsing)
     return feat, parsing
+
+  def pooling_probs(self, probs: Array, size: tuple[int, int]) -> Array:
+    """The part probabilities on the ReID map's grid: as they are on HRNet (both at 1/4), and
+    averaged over each ``f x f`` block (area downsampling) where the parsing grid is ``f`` times
+    finer (the DPU's 1/4 grid over a ResNet's 1/16 map)."""
+    n, hp, wp, c = probs.shape
+    h, w = size
+    if (hp, wp) == (h, w):
+      return probs
+    if hp % h or wp % w or hp // h != wp // w:
+      raise ValueError(f'DROP: the parsing map ({hp}x{wp}) must be a whole multiple of the ReID '
+                       f'map ({h}x{w})')
+    f = hp // h
+    return probs.reshape(n, h, f, w, f, c).mean(axis=(2, 4))
 
   def pool_parts(self, parts_masks: Array, feat: Array) -> Array:
     """``[N, h, w, K]``, ``[N, h, w, C]`` -> ``[N, K, C]``: GWAP (+ GMP, the max over the map of
@@ -320,22 +344,45 @@ def drop_loss(model, batch, *, extra, config, context=None):
 
 
 # ------------------------------------------------------------------------------------ memory bank
-def init_bank(config, model, num_classes: int, key):
-  """The parts-embedding memory bank (provisional FIFO queue), or None without PCT or with
-  ``config.loss.bank_size = 0``: ``{'features' [Q, K, D] float32 (zeros), 'labels' [Q] int32
-  (-1), 'visible' [Q, K] float32 (0: an empty slot is never a negative), 'pointer' [] int32}``."""
-  del num_classes, key
+BANKS = ('fifo', 'id_momentum', 'none')
+
+
+def bank_kind(config) -> str:
+  """``config.loss.bank`` ('fifo' by default), 'none' without PCT."""
   c = config.loss
-  size = int(c.get('bank_size', 0) or 0)
-  if not c.get('pct', True) or size == 0:
+  kind = c.get('bank', 'fifo')
+  _check_choice('loss.bank', kind, BANKS)
+  return kind if c.get('pct', True) else 'none'
+
+
+def init_bank(config, model, num_classes: int, key):
+  """The parts-embedding memory bank (provisional), or None (``config.loss.bank='none'`` or no
+  PCT). Both kinds are ``{'features' [Q, K, D] float32 (zeros), 'labels' [Q] int32, 'visible'
+  [Q, K] float32 (0: an empty slot is never a negative)}``, read the same way by the PCT loss:
+
+  * ``'fifo'``: a ring of the last ``config.loss.bank_size`` (Q) part embeddings of past batches,
+    labels -1 until filled, plus ``'pointer' [] int32``;
+  * ``'id_momentum'``: one row per training identity (Q = ``num_classes``, labels ``0..Q-1``), a
+    momentum average of its normalised part-``k`` embeddings (``config.loss.bank_momentum``).
+  """
+  del key
+  kind = bank_kind(config)
+  if kind == 'none':
     return None
-  if size < 0:
-    raise ValueError(f'config.loss.bank_size must be >= 0, got {size}')
+  k, d = model.parts, model.dim
+  if kind == 'id_momentum':
+    momentum = float(config.loss.get('bank_momentum', 0.2))
+    if not 0.0 <= momentum < 1.0:
+      raise ValueError(f'config.loss.bank_momentum must be in [0, 1), got {momentum}')
+    return {'features': jnp.zeros((num_classes, k, d), jnp.float32),
+            'labels': jnp.arange(num_classes, dtype=jnp.int32),
+            'visible': jnp.zeros((num_classes, k), jnp.float32)}
+  size = int(config.loss.get('bank_size', 0) or 0)
   batch = config.input.p * config.input.k
   if size < batch:
-    raise ValueError(f'config.loss.bank_size ({size}) must hold one batch at least '
-                     f'(config.input.p * config.input.k = {batch})')
-  k, d = model.parts, model.dim
+    raise ValueError(f"config.loss.bank_size ({size}) must hold one batch at least "
+                     f"(config.input.p * config.input.k = {batch}) for loss.bank='fifo'; "
+                     "loss.bank='none' trains without a bank")
   return {'features': jnp.zeros((size, k, d), jnp.float32),
           'labels': jnp.full((size,), -1, jnp.int32),
           'visible': jnp.zeros((size, k), jnp.float32),
@@ -343,9 +390,31 @@ def init_bank(config, model, num_classes: int, key):
 
 
 def update_bank(extra, grads, aux, config):
-  """Enqueues the step's ``B`` part embeddings at ``pointer`` (wrapping around), overwriting the
-  oldest; ``pointer += B`` mod Q. The bank is not descended (its gradients are ignored)."""
-  del grads, config
+  """Writes the step's ``B`` normalised part embeddings into the bank (it is not descended: its
+  gradients are ignored).
+
+  * FIFO: enqueued at ``pointer`` (wrapping around), overwriting the oldest; ``pointer += B``
+    mod Q.
+  * ``id_momentum`` (momentum ``m``, 0.2 by default, the convention of memory-based ReID such as
+    Cluster Contrast, Dai et al. 2021: the weight of the old entry): for each identity ``y`` and
+    part ``k`` visible in at least one of its batch images, ``e = mean`` of those visible
+    embeddings, ``M_k^y <- normalise(m M_k^y + (1 - m) e)`` (an unseen entry becomes
+    ``normalise(e)``) and its visibility becomes 1; other entries are unchanged.
+  """
+  del grads
+  if 'pointer' not in extra:
+    momentum = float(config.loss.get('bank_momentum', 0.2))
+    classes = extra['labels'].shape[0]
+    vis = aux['visible']                                                # [B, K]
+    sums = jax.ops.segment_sum(aux['features'] * vis[..., None], aux['labels'],
+                               num_segments=classes)                    # [Q, K, D]
+    counts = jax.ops.segment_sum(vis, aux['labels'], num_segments=classes)  # [Q, K]
+    seen = counts > 0
+    mean = sums / jnp.maximum(counts, 1.0)[..., None]
+    blended = l2_normalize(momentum * extra['features'] + (1.0 - momentum) * mean)
+    return {'features': jnp.where(seen[..., None], blended, extra['features']),
+            'labels': extra['labels'],
+            'visible': jnp.where(seen, 1.0, extra['visible'])}
   size = extra['labels'].shape[0]
   b = aux['labels'].shape[0]
   if b > size:
