@@ -48,8 +48,8 @@ def get_config(arg=None):
   m.name = 'drop'
   # ``synthetic`` keeps BPBreID's preset: a narrow ResNet-18 at 128x64, 30 epochs. The DPU then
   # fuses layer1..layer4 (parsing on layer1's 32x16 grid, the part masks averaged over 4x4 blocks
-  # onto the 8x4 ReID map). A narrow HRNet (width 4-8, at 64x32 or 128x64) trains 2-6x slower a
-  # step on 2 CPU cores and reached R1 3 % within 10 minutes.
+  # onto the 8x4 ReID map). A narrow HRNet is 1.3-6x slower a step on 2 CPU cores and reached
+  # only R1 3 % in about 10 minutes (width 4 at 128x64 for 15 epochs; width 8 at 64x32 for 30).
   if args.dataset != 'synthetic':
     config.input.size = SIZES[args.size]
   m.upsampling = 'dpu'

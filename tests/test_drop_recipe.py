@@ -1,5 +1,6 @@
 """DROP's recipe (configs/drop.py): BPBreID's official recipe with DROP's switches on, the two
-README sizes, the synthetic preset on a narrow HRNet whose position table fits its feature map."""
+README sizes, the synthetic preset (BPBreID's narrow ResNet, its layer1..layer4 fused by the DPU)
+whose position table fits its parsing map."""
 
 import pathlib
 import runpy
@@ -47,8 +48,8 @@ def test_default_is_bpbreid_occluded_duke_at_256x128_with_every_drop_piece_on():
 
 def test_synthetic_preset_builds_and_its_bank_holds_whole_batches():
   c = load('drop.py', 'synthetic')
-  assert c.input.dataset == 'synthetic_reid/occluded' and c.model.backbone == 'hrnet'
-  assert c.model.position_rows == c.input.size[0] // 4
+  assert c.input.dataset == 'synthetic_reid/occluded' and c.model.backbone == 'resnet'
+  assert c.model.upsampling == 'dpu' and c.model.position_rows == c.input.size[0] // 4
   model = nnx.eval_shape(lambda: models.build_model(c.model, 10))
   h, w = c.input.size
   out = nnx.eval_shape(lambda m: m.outputs(jnp.zeros((2, h, w, 3))), model)
