@@ -402,7 +402,7 @@ def update_bank(extra, grads, aux, config):
     ``normalise(e)``) and its visibility becomes 1; other entries are unchanged.
   """
   del grads
-  if 'pointer' not in extra:
+  if bank_kind(config) == 'id_momentum':
     momentum = float(config.loss.get('bank_momentum', 0.2))
     classes = extra['labels'].shape[0]
     vis = aux['visible']                                                # [B, K]
