@@ -90,12 +90,16 @@ def test_config_is_the_released_recipe():
   for s in (c.optim_encoder, c.optim_decoder):
     assert (s.name, s.lr, tuple(s.betas), s.weight_decay) == ('adam', 1e-5, (0.5, 0.999), 0.0)
   assert (c.eval.flip, c.eval.normalize, c.eval.metric) == ('none', False, 'sqeuclidean')
+  assert (c.loss.rec_weight, c.loss.tr_weight) == (1.0, 1.0)
   d = load_config('market1501,close_head=rest_of_epoch,flip_texture=1,missing_texture=skip')
   assert d.input.dataset == 'market1501' and d.model.close_head == 'rest_of_epoch'
   assert d.input.flip_texture and d.input.missing_texture == 'skip'
   s = load_config('synthetic')
   assert s.input.dataset == 'synthetic_reid/demo' and s.input.texture
   assert s.input.texture_size == s.model.texture_size
+  # The demo's documented deviations (docs/san.md, "Demo"); the ReID objective is the recipe's.
+  assert (s.optim_encoder.lr, s.loss.tr_weight, s.optim_decoder.lr) == (0.0, 0.01, 1e-3)
+  assert (s.loss.ce_epsilon, s.loss.triplet_margin) == (c.loss.ce_epsilon, c.loss.triplet_margin)
   with pytest.raises(ValueError, match='close_head'):
     load_config('close_head=always')
   with pytest.raises(ValueError, match='missing_texture'):
@@ -213,6 +217,7 @@ def narrow_config(close='decoder_step'):
   c.model.update(depth=18, width=8, feature_dim=32, decoder_channels=(16, 8, 8, 4, 4),
                  texture_size=TEX, close_head=close)
   c.input.update(p=P, k=K, size=SIZE, texture_size=TEX)
+  c.loss.tr_weight = 1.0  # the recipe's (the demo weights the decoder triplet 0.01)
   sgd = dict(name='sgd', momentum=0.9, nesterov=False, bias_lr_factor=1.0)
   c.optim.update(weight_decay=5e-4, weight_decay_bias=5e-4, **sgd)
   del c['optim_warmup']  # one ReID optimizer (a smaller step to compile)
