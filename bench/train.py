@@ -29,7 +29,10 @@ labels):
   objectives have no GradScaler here) and channels_last, the baseline of the issue's target
   ("1.3x PyTorch AMP channels-last at equal batch").
 Warm-up steps (jax: after the AOT compile; torch: the first steps) are excluded; the timed steps
-alternate jax / torch so that load from other jobs hits both sides alike. Step time is the median
+alternate jax / torch so that load from other jobs hits both sides alike. On XLA:CPU a jax step
+that directly follows a torch step runs slower than one after a jax step (R50 batch 16: 4.3 s
+against 2.7 s), so on an idle machine compare ``--side=jax`` and ``--side=torch`` runs instead
+(docs/benchmarks.md). Step time is the median
 of ``--steps`` steps, each synchronised (``block_until_ready`` / ``cuda.synchronize``);
 images/s = batch / median step time; ``ratio`` = jax images/s / torch images/s. Each step's CPU
 time (user + system, all threads) is recorded too: ``ratio_cpu_time_torch_over_jax`` (torch CPU

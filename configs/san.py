@@ -24,7 +24,7 @@ dataset=NAME, close_head=decoder_step|rest_of_epoch, flip_texture=0|1,
 missing_texture=error|skip. Real datasets need a texture per image
 (``prepare NAME --texture_dir=DIR``); ``missing_texture=skip`` trains the decoder only on the
 images that have one. ``synthetic`` (synthetic_reid/demo, narrow network, 18 epochs) trains on 2
-CPU cores in 8 minutes, with three demo-only deviations (docs/san.md, "Demo").
+CPU cores in 8-9 minutes, with three demo-only deviations (docs/san.md, "Demo").
 """
 
 import ml_collections

@@ -14,6 +14,9 @@
   The per-jit option is used rather than ``XLA_FLAGS`` because an unknown ``XLA_FLAGS`` entry
   aborts the process, while an unknown compiler option only raises.
 
+``fusion_barriers_enabled()`` says whether ``reid_jax.models.layers.cpu_fusion_barrier``
+materialises convolution inputs in differentiated traces (CPU backend only; see there).
+
 The probe runs once per process and backend and is cached. ``REID_JAX_CPU_YNN_CONV=1`` in the
 environment keeps XLA's default (convolutions on YNNPACK), for A/B measurements.
 """
@@ -75,3 +78,16 @@ def cpu_compiler_options(backend: str | None = None) -> dict[str, str]:
     return {}
   backend = backend or jax.default_backend()
   return dict(_probe(backend, _jaxlib_version()))
+
+
+FUSION_BARRIER_ENV = 'REID_JAX_CPU_FUSION_BARRIER'
+
+
+def fusion_barriers_enabled(backend: str | None = None) -> bool:
+  """Whether ``layers.cpu_fusion_barrier`` materialises convolution inputs in a differentiated
+  trace: on the CPU backend (JAX's default backend unless given), unless
+  ``REID_JAX_CPU_FUSION_BARRIER=0`` (for A/B measurements). Decided when a function is traced."""
+  if os.environ.get(FUSION_BARRIER_ENV, '1') == '0':
+    return False
+  return (backend or jax.default_backend()) == 'cpu'
+

@@ -1,5 +1,7 @@
 """reid_jax.xla_options: the CPU compiler option keeps convolutions off YNNPACK, is dropped off
-CPU / on unknown jaxlib versions / when XLA rejects it, and reaches the train step's jit."""
+CPU / on unknown jaxlib versions / when XLA rejects it, and reaches the train step's jit; the
+convolution inputs' fusion barrier (``layers.cpu_fusion_barrier``) is the identity, acts only
+under differentiation on CPU, and reaches the train step."""
 
 import re
 
@@ -112,6 +114,7 @@ def test_train_step_is_compiled_without_ynnpack_convolutions():
     text = step.lower(state, train.put_batch(mesh, batch(c)), jnp.float32(1e-3)).compile().as_text()
   assert ' convolution(' in text
   assert ynn_convolutions(text) == 0
+  assert ' while(' in text  # layers.Conv's fusion barriers reach the train step
 
 
 def test_probe_inside_a_mesh_context_still_accepts_the_option():
@@ -127,3 +130,65 @@ def test_probe_inside_a_mesh_context_still_accepts_the_option():
     xla_options._probe.cache_clear()
   assert opts == {'xla_cpu_experimental_ynn_fusion_type':
                   'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE'}
+
+
+# ----------------------------------------------------------------- fusion barrier (layers.Conv)
+def _residual_chain_grads(x, kernels):
+  """A ResNet-like chain: each convolution reads ``relu(x * a + b + previous)`` (the elementwise
+  producers XLA would otherwise recompute inside the weight gradient's layout change)."""
+  from reid_jax.models import layers
+
+  def f(kernels, x):
+    h = x
+    for i, w in enumerate(kernels):
+      y = jax.lax.conv_general_dilated(layers.cpu_fusion_barrier(h), w, (1, 1), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      h = jax.nn.relu(y * (1.0 + 0.1 * i) + 0.05 + h)
+    return jnp.sum(h * h)
+  return jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
+
+
+def _chain_inputs():
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(4, 8, 6, 8).astype(np.float32))
+  kernels = [jnp.asarray(rng.randn(1, 1, 8, 8).astype(np.float32) * 0.3) for _ in range(3)]
+  return x, kernels
+
+
+def test_fusion_barrier_is_the_identity_in_value_and_gradient():
+  from reid_jax.models import layers
+  x = jnp.asarray(np.random.RandomState(1).randn(3, 5, 4, 2).astype(np.float32))
+  # Also the input whose first entry skips the loop's single iteration.
+  skip = x.at[0, 0, 0, 0].set(1.2345e-7)
+  for v in (x, skip):
+    np.testing.assert_array_equal(np.asarray(jax.jit(layers.cpu_fusion_barrier)(v)), v)
+    grad = jax.jit(jax.grad(lambda t: jnp.sum(jnp.sin(layers.cpu_fusion_barrier(t)))))(v)
+    np.testing.assert_array_equal(np.asarray(grad), np.asarray(jnp.cos(v)))
+    np.testing.assert_array_equal(np.asarray(layers._materialized(v)), v)
+
+
+def test_fusion_barrier_materialises_only_under_differentiation_on_cpu(monkeypatch):
+  from reid_jax.models import layers
+  x, kernels = _chain_inputs()
+  forward = jax.jit(lambda v: layers.cpu_fusion_barrier(v) * 2.0).lower(x).as_text()
+  assert 'while' not in forward  # evaluation and export trace the identity
+  assert 'while' in _residual_chain_grads(x, kernels).lower(kernels, x).as_text()
+  assert not xla_options.fusion_barriers_enabled('gpu')
+  assert not xla_options.fusion_barriers_enabled('tpu')
+  monkeypatch.setenv(xla_options.FUSION_BARRIER_ENV, '0')
+  assert not xla_options.fusion_barriers_enabled()
+  assert 'while' not in _residual_chain_grads(x, kernels).lower(kernels, x).as_text()
+
+
+def test_fusion_barrier_keeps_loss_and_gradients(monkeypatch):
+  x, kernels = _chain_inputs()
+  loss1, (gk1, gx1) = _residual_chain_grads(x, kernels)(kernels, x)
+  monkeypatch.setenv(xla_options.FUSION_BARRIER_ENV, '0')
+  loss0, (gk0, gx0) = _residual_chain_grads(x, kernels)(kernels, x)
+  # Same arithmetic; only the fusion differs, so at most reassociation inside XLA's kernels:
+  # a few ulps of each sum of 8 products per output (and of the 4*8*6-term kernel gradient).
+  u = float(np.finfo(np.float32).eps)
+  assert float(loss1) == pytest.approx(float(loss0), rel=64 * u)
+  for a, b in zip(gk1, gk0):
+    np.testing.assert_allclose(a, b, rtol=0, atol=4 * 192 * u * float(jnp.abs(b).max()))
+  np.testing.assert_allclose(gx1, gx0, rtol=0, atol=4 * 3 * 8 * u * float(jnp.abs(gx0).max()))

@@ -14,6 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from reid_jax import xla_options
+
 Array = jax.Array
 
 
@@ -40,16 +42,57 @@ def torch_default_uniform(fan_in: int) -> nnx.Initializer:
   return init
 
 
-class Conv(nnx.Conv):
-  """``nnx.Conv`` with flax's own ``__call__`` bound to this class.
+# Bound at import: ONNX export (jax2onnx, ``reid_jax.export``) swaps ``nnx.Conv.__call__`` for a
+# shim of its own while it traces, and that shim fails on explicit padding pairs (it passes
+# flax's padding list as an unhashable primitive parameter).
+_flax_conv_call = nnx.Conv.__call__
 
-  ONNX export (jax2onnx, ``reid_jax.export``) swaps ``nnx.Conv.__call__`` for a shim of its own
-  while it traces, and that shim fails on explicit padding pairs (it passes flax's padding list
-  as an unhashable primitive parameter). Defined here, the call stays flax's: the trace holds the
-  plain ``lax.conv_general_dilated``, which the exporter converts. Same variables, so checkpoints
-  are unchanged.
+
+class Conv(nnx.Conv):
+  """``nnx.Conv`` calling flax's own ``__call__`` (bound before any exporter can swap it), so the
+  trace holds the plain ``lax.conv_general_dilated``, which the ONNX exporter converts. Same
+  variables, so checkpoints are unchanged.
+
+  The input first passes ``cpu_fusion_barrier`` (the identity; on XLA:CPU it keeps the train
+  step from recomputing the input's producers inside the weight gradient's layout change).
   """
-  __call__ = nnx.Conv.__call__
+
+  def __call__(self, inputs: Array) -> Array:
+    return _flax_conv_call(self, cpu_fusion_barrier(inputs))
+
+
+def _materialized(x: Array) -> Array:
+  """``x``, as the carry of a while loop of at most one iteration whose trip count XLA cannot
+  know at compile time (it depends on a value of ``x``; the body selects ``x`` itself), so no
+  fusion crosses it: consumers read ``x`` from memory instead of recomputing its producers."""
+  runs = (x[(0,) * x.ndim] != jnp.asarray(1.2345e-7, x.dtype)).astype(jnp.int32)
+  _, out = jax.lax.while_loop(lambda c: c[0] < runs,
+                              lambda c: (c[0] + 1, jnp.where(c[0] < 1, c[1], -c[1])),
+                              (jnp.int32(0), x))
+  return out
+
+
+@jax.custom_vjp
+def _fusion_barrier(x: Array) -> Array:
+  return x
+
+
+_fusion_barrier.defvjp(lambda x: (_materialized(x), None), lambda _, g: (g,))
+
+
+def cpu_fusion_barrier(x: Array) -> Array:
+  """The identity, values and gradient. Under differentiation on XLA:CPU the forward value is
+  materialised (``_materialized``); plain evaluation and export trace only the identity.
+
+  Why: XLA:CPU computes a convolution's weight gradient with the input in a ``[C, H, W, B]``
+  layout, and its fusion pass builds that copy by recomputing the input's elementwise producers
+  (a ResNet's whole residual chain of BatchNorm affines, ReLUs and adds: up to 16 full-size
+  operands) while writing with a stride of ``B`` elements. For ResNet-50 at batch 16 those
+  copies took 1.75 s of a 3.3 s step; reading the materialised input instead, 0.3 s
+  (docs/benchmarks.md). Off on other backends (fusion is what GPUs and TPUs want) and with
+  ``REID_JAX_CPU_FUSION_BARRIER=0`` (``xla_options.fusion_barriers_enabled``).
+  """
+  return _fusion_barrier(x) if xla_options.fusion_barriers_enabled() else x
 
 
 def conv(in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
