@@ -102,8 +102,9 @@ def test_weight_gradient_convolution_leaves_ynnpack_with_same_result():
   np.testing.assert_allclose(gx1, gx0, rtol=0, atol=2 * 144 * u * gx_scale)
 
 
-def test_train_step_is_compiled_without_ynnpack_convolutions():
+def test_train_step_is_compiled_without_ynnpack_convolutions(monkeypatch):
   from tests.test_train_step import batch, tiny_config
+  monkeypatch.delenv(xla_options.FUSION_BARRIER_ENV, raising=False)
 
   from reid_jax import train
   c = tiny_config()
@@ -114,7 +115,11 @@ def test_train_step_is_compiled_without_ynnpack_convolutions():
     text = step.lower(state, train.put_batch(mesh, batch(c)), jnp.float32(1e-3)).compile().as_text()
   assert ' convolution(' in text
   assert ynn_convolutions(text) == 0
-  assert ' while(' in text  # layers.Conv's fusion barriers reach the train step
+  # layers.Conv's fusion barriers reach the train step: a loop per convolution but the stem's
+  # (its input, the images, carries no gradient).
+  convs = sum(1 for path, leaf in jax.tree_util.tree_leaves_with_path(state['params'])
+              if 'kernel' in jax.tree_util.keystr(path) and leaf.ndim == 4)
+  assert text.count(' while(') == convs - 1
 
 
 def test_probe_inside_a_mesh_context_still_accepts_the_option():
@@ -155,24 +160,40 @@ def _chain_inputs():
   return x, kernels
 
 
-def test_fusion_barrier_is_the_identity_in_value_and_gradient():
+def test_fusion_barrier_is_the_identity_in_value_and_derivatives(monkeypatch):
   from reid_jax.models import layers
+  monkeypatch.delenv(xla_options.FUSION_BARRIER_ENV, raising=False)
   x = jnp.asarray(np.random.RandomState(1).randn(3, 5, 4, 2).astype(np.float32))
-  # Also the input whose first entry skips the loop's single iteration.
-  skip = x.at[0, 0, 0, 0].set(1.2345e-7)
-  for v in (x, skip):
-    np.testing.assert_array_equal(np.asarray(jax.jit(layers.cpu_fusion_barrier)(v)), v)
-    grad = jax.jit(jax.grad(lambda t: jnp.sum(jnp.sin(layers.cpu_fusion_barrier(t)))))(v)
-    np.testing.assert_array_equal(np.asarray(grad), np.asarray(jnp.cos(v)))
-    np.testing.assert_array_equal(np.asarray(layers._materialized(v)), v)
+  special = x.at[0, 0, 0, 0].set(1.2345e-7)  # the value that skips the loop's one iteration
+  special = special.at[1, 0, 0, 0].set(-0.0).at[1, 1, 0, 0].set(jnp.nan)
+  barrier = layers.cpu_fusion_barrier
+  for v in (x, special, x.astype(jnp.bfloat16)):
+    for f in (barrier, layers._materialized):
+      out = np.asarray(jax.jit(f)(v))
+      assert out.dtype == v.dtype
+      # Bit for bit: the sign of -0.0 and the NaN survive.
+      np.testing.assert_array_equal(out.view(np.uint16 if v.dtype == jnp.bfloat16 else np.uint32),
+                                    np.asarray(v).view(out.view(np.uint16 if v.dtype ==
+                                               jnp.bfloat16 else np.uint32).dtype))
+  grad = jax.jit(jax.grad(lambda t: jnp.sum(jnp.sin(barrier(t)))))(x)
+  np.testing.assert_array_equal(np.asarray(grad), np.asarray(jnp.cos(x)))
+  # Forward mode and second order as for the identity (custom_jvp: the loop is primal-only).
+  _, tangent = jax.jvp(barrier, (x,), (2 * x,))
+  np.testing.assert_array_equal(np.asarray(tangent), np.asarray(2 * x))
+  second = jax.jit(jax.grad(lambda t: jnp.sum(jax.grad(lambda u: jnp.sum(barrier(u) ** 3))(t))))(x)
+  np.testing.assert_allclose(np.asarray(second), np.asarray(6 * x), rtol=1e-6)
+  empty = jnp.zeros((0, 3), jnp.float32)
+  assert jax.grad(lambda t: jnp.sum(barrier(t)))(empty).shape == (0, 3)
 
 
 def test_fusion_barrier_materialises_only_under_differentiation_on_cpu(monkeypatch):
   from reid_jax.models import layers
+  monkeypatch.delenv(xla_options.FUSION_BARRIER_ENV, raising=False)
   x, kernels = _chain_inputs()
   forward = jax.jit(lambda v: layers.cpu_fusion_barrier(v) * 2.0).lower(x).as_text()
   assert 'while' not in forward  # evaluation and export trace the identity
-  assert 'while' in _residual_chain_grads(x, kernels).lower(kernels, x).as_text()
+  # One loop per convolution whose input carries a gradient (all three here).
+  assert _residual_chain_grads(x, kernels).lower(kernels, x).as_text().count('stablehlo.while') == 3
   assert not xla_options.fusion_barriers_enabled('gpu')
   assert not xla_options.fusion_barriers_enabled('tpu')
   monkeypatch.setenv(xla_options.FUSION_BARRIER_ENV, '0')
@@ -181,6 +202,7 @@ def test_fusion_barrier_materialises_only_under_differentiation_on_cpu(monkeypat
 
 
 def test_fusion_barrier_keeps_loss_and_gradients(monkeypatch):
+  monkeypatch.delenv(xla_options.FUSION_BARRIER_ENV, raising=False)
   x, kernels = _chain_inputs()
   loss1, (gk1, gx1) = _residual_chain_grads(x, kernels)(kernels, x)
   monkeypatch.setenv(xla_options.FUSION_BARRIER_ENV, '0')

@@ -57,14 +57,18 @@ class Conv(nnx.Conv):
   step from recomputing the input's producers inside the weight gradient's layout change).
   """
 
-  def __call__(self, inputs: Array) -> Array:
-    return _flax_conv_call(self, cpu_fusion_barrier(inputs))
+  def __call__(self, inputs: Array, *args, **kwargs) -> Array:
+    return _flax_conv_call(self, cpu_fusion_barrier(inputs), *args, **kwargs)
 
 
 def _materialized(x: Array) -> Array:
   """``x``, as the carry of a while loop of at most one iteration whose trip count XLA cannot
-  know at compile time (it depends on a value of ``x``; the body selects ``x`` itself), so no
-  fusion crosses it: consumers read ``x`` from memory instead of recomputing its producers."""
+  know at compile time (it depends on a value of ``x``; the body selects ``x`` itself, since JAX
+  hoists a carry the body leaves unchanged), so no fusion crosses it: consumers read ``x`` from
+  memory instead of recomputing its producers. On a multi-device mesh reading that value costs
+  one scalar all-reduce per call."""
+  if x.size == 0:
+    return x
   runs = (x[(0,) * x.ndim] != jnp.asarray(1.2345e-7, x.dtype)).astype(jnp.int32)
   _, out = jax.lax.while_loop(lambda c: c[0] < runs,
                               lambda c: (c[0] + 1, jnp.where(c[0] < 1, c[1], -c[1])),
@@ -72,17 +76,31 @@ def _materialized(x: Array) -> Array:
   return out
 
 
-@jax.custom_vjp
+# custom_jvp rather than custom_vjp: the loop sits in the primal computation only (tangents pass
+# straight through), so forward mode, grad of grad and the linearise-transpose of jax.vjp all
+# work, and a plain (undifferentiated) trace holds the identity.
+@jax.custom_jvp
+def _materialized_primal(x: Array) -> Array:
+  return _materialized(x)
+
+
+_materialized_primal.defjvp(lambda primals, tangents: (_materialized_primal(primals[0]),
+                                                       tangents[0]))
+
+
+@jax.custom_jvp
 def _fusion_barrier(x: Array) -> Array:
   return x
 
 
-_fusion_barrier.defvjp(lambda x: (_materialized(x), None), lambda _, g: (g,))
+_fusion_barrier.defjvp(lambda primals, tangents: (_materialized_primal(primals[0]), tangents[0]))
 
 
 def cpu_fusion_barrier(x: Array) -> Array:
-  """The identity, values and gradient. Under differentiation on XLA:CPU the forward value is
-  materialised (``_materialized``); plain evaluation and export trace only the identity.
+  """The identity, values and derivatives. When ``x`` carries a derivative on XLA:CPU its value is
+  materialised (``_materialized``); plain evaluation and export trace only the identity (a
+  ``custom_jvp_call`` of it), and so does an input without a derivative (the images at the
+  stem).
 
   Why: XLA:CPU computes a convolution's weight gradient with the input in a ``[C, H, W, B]``
   layout, and its fusion pass builds that copy by recomputing the input's elementwise producers
