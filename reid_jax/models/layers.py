@@ -79,21 +79,13 @@ def _materialized(x: Array) -> Array:
 # custom_jvp rather than custom_vjp: the loop sits in the primal computation only (tangents pass
 # straight through), so forward mode, grad of grad and the linearise-transpose of jax.vjp all
 # work, and a plain (undifferentiated) trace holds the identity.
-@jax.custom_jvp
-def _materialized_primal(x: Array) -> Array:
-  return _materialized(x)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _fusion_barrier(x: Array, materialize: bool = False) -> Array:
+  return _materialized(x) if materialize else x
 
 
-_materialized_primal.defjvp(lambda primals, tangents: (_materialized_primal(primals[0]),
-                                                       tangents[0]))
-
-
-@jax.custom_jvp
-def _fusion_barrier(x: Array) -> Array:
-  return x
-
-
-_fusion_barrier.defjvp(lambda primals, tangents: (_materialized_primal(primals[0]), tangents[0]))
+_fusion_barrier.defjvp(
+    lambda materialize, primals, tangents: (_fusion_barrier(primals[0], True), tangents[0]))
 
 
 def cpu_fusion_barrier(x: Array) -> Array:
