@@ -58,3 +58,35 @@ def test_bench_train_quick(model, tmp_path):
     assert j['learning_rates'] == {'warmup': 0.0, 'main': pytest.approx(8e-4),
                                    'encoder': pytest.approx(1e-5), 'decoder': pytest.approx(1e-5)}
   print(f'bench/train.py --quick --model={model}: {elapsed:.1f} s')
+
+
+def test_bench_conv_layers_quick(tmp_path):
+  """``bench/conv_layers.py --quick``: the convolutions it reads from the ResNet-18 are the
+  architecture's 20 (7x7 stem, 16 3x3 in four stages, three 1x1 downsamples), each timed on every
+  side, and the step total skips only the stem's input gradient."""
+  env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='2',
+             XLA_FLAGS='--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+  out_file = tmp_path / 'conv.json'
+  proc = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', 'conv_layers.py'), '--quick',
+                         f'--out={out_file}'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout)
+  assert json.loads(out_file.read_text()) == out
+  layers = out['layers']
+  kernels = {}
+  for layer in layers:
+    k = layer['conv'].split(', ')[1].split('/')[0]
+    kernels[k] = kernels.get(k, 0) + layer['count']
+  assert kernels == {'7x7': 1, '3x3': 16, '1x1': 3}, kernels
+  assert [layer['reads_images'] for layer in layers] == [True] + [False] * (len(layers) - 1)
+  assert layers[0]['conv'].startswith('2x32x16x3 -> 4, 7x7/2')
+  sides = ('reid_jax', 'xla_default', 'torch_nchw', 'torch_channels_last')
+  # Every time in the JSON is rounded to 3 decimals: each summed term is off by <= 5e-4 ms.
+  terms = sum(layer['count'] * (2 if layer['reads_images'] else 3) for layer in layers)
+  for side in sides:
+    expected = sum(layer['count'] * (layer[side]['fwd'] + layer[side]['wgrad']
+                                     + (0 if layer['reads_images'] else layer[side]['dgrad']))
+                   for layer in layers)
+    assert out['step_ms'][side] > 0
+    assert abs(out['step_ms'][side] - expected) <= 5e-4 * (terms + 1), side

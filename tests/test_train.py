@@ -300,3 +300,28 @@ def test_drop_with_its_memory_bank_resumes_bitwise_after_sigkill(tiny_setup):
   workdir = str(root / 'drop_interrupted')
   kill_then_resume(cfg, workdir, int(np.random.default_rng().integers(3, total - 1)))
   assert_same_state(final_state(workdir), reference)
+
+
+def _config(name, arg):
+  import runpy
+  return runpy.run_path(os.path.join(ROOT, 'configs', name))['get_config'](arg)
+
+
+def test_demo_presets_bot_longer_others_share_30_epochs():
+  """The README demo (BoT) trains 48 epochs with the schedule stretched (milestones at 2/3 and
+  13/15, three evaluations); ``:synthetic,epochs=30`` is the budget the other demos share."""
+  bot = _config('baseline.py', 'synthetic')
+  assert (bot.num_epochs, tuple(bot.optim.milestones), bot.eval.every_epochs) == (48, (32, 42), 16)
+  assert bot.optim.warmup_epochs == 2 and bot.input.dataset == 'synthetic_reid/demo'
+  bot30 = _config('baseline.py', 'synthetic,epochs=30')
+  assert (bot30.num_epochs, tuple(bot30.optim.milestones), bot30.eval.every_epochs) == (30, (20, 26), 10)
+  for name in ('apnet.py', 'bpbreid.py'):
+    other = _config(name, 'synthetic')
+    assert (other.num_epochs, tuple(other.optim.milestones), other.eval.every_epochs,
+            other.optim.warmup_epochs, other.optim.lr) == (
+                bot30.num_epochs, tuple(bot30.optim.milestones), bot30.eval.every_epochs,
+                bot30.optim.warmup_epochs, bot30.optim.lr), name
+  with pytest.raises(ValueError, match='epochs= sets the synthetic demo'):
+    _config('baseline.py', 'market1501,epochs=30')
+  with pytest.raises(ValueError, match='num_epochs must be >= 3'):
+    _config('baseline.py', 'synthetic,epochs=2')
