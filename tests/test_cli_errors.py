@@ -43,7 +43,7 @@ def test_flag_and_config_mistakes(setup, tmp_path):
   work = f'--workdir={tmp_path / "w"}'
   assert_user_error(cli('reid_jax.main', '--config=configs/baseline.py:foo=1', work),
                     "--config=configs/baseline.py:foo=1", "unknown key 'foo'",
-                    "known: ['center', 'dataset']")
+                    "known: ['center', 'dataset', 'epochs']")
   assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.input.sizes=1', work),
                     "--config.input.sizes=1: the config has no field 'sizes'; did you mean 'size'?")
   assert_user_error(cli('reid_jax.main', f'--config={cfg}', '--config.optim.zzz=1', work),
