@@ -8,7 +8,9 @@ JSON. It says which layers make up the gap between the two train steps of ``benc
 
 The convolutions are read from the model itself: ``jax.make_jaxpr`` of
 ``reid_jax.models.resnet.ResNet`` (eval mode) on a ``[B, H, W, 3]`` input, every
-``conv_general_dilated`` in it with its exact parameters; equal ones are timed once and counted.
+``conv_general_dilated`` in it with its exact parameters (also inside ``jit`` / ``custom_jvp`` /
+``custom_vjp`` bodies; one inside ``scan`` / ``while`` / ``cond`` stops the run, its count per
+step being unknown); equal ones are timed once and counted.
 Each is then run alone:
 
 * ``fwd``: the convolution; ``wgrad``: its weight gradient (``jax.vjp`` in the kernel);
@@ -41,6 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
+import jax.extend  # noqa: E402,F401  (jax.extend.core: the jaxpr types the walk looks for)
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -48,6 +51,10 @@ from reid_jax import xla_options  # noqa: E402
 from reid_jax.models import resnet  # noqa: E402
 
 PASSES = ('fwd', 'wgrad', 'dgrad')
+# Primitives whose bodies run a number of times (or not at all) that the jaxpr does not fix: a
+# convolution inside one could not be counted per step.
+CONTROL_FLOW = ('scan', 'while', 'cond')
+NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def _sub_jaxprs(params: dict):
@@ -70,17 +77,21 @@ def model_convolutions(depth: int, width: int, batch: int, height: int, width_px
   closed = jax.make_jaxpr(lambda x: model(x))(images)
   found: dict = {}
 
-  def walk(jaxpr):
+  def walk(jaxpr, control_flow: str | None = None):
     for eqn in jaxpr.eqns:
       if eqn.primitive.name == 'conv_general_dilated':
+        if control_flow:
+          raise SystemExit(f'a convolution inside {control_flow!r}: its count per step is not '
+                           f'fixed by the jaxpr; this benchmark covers straight-line models')
         lhs, rhs = (tuple(v.aval.shape) for v in eqn.invars)
         key = (lhs, rhs, repr(sorted(eqn.params.items())))
         if key not in found:
           found[key] = {'lhs': lhs, 'rhs': rhs, 'params': dict(eqn.params), 'count': 0,
                         'first': not found}
         found[key]['count'] += 1
+      inner = eqn.primitive.name if eqn.primitive.name in CONTROL_FLOW else control_flow
       for sub in _sub_jaxprs(eqn.params):
-        walk(sub)
+        walk(sub, inner)
 
   walk(closed.jaxpr)
   return list(found.values())
@@ -106,6 +117,7 @@ def jax_times(conv: dict, compiler_options: dict, reps: int, rng) -> dict:
   x = jnp.asarray(rng.standard_normal(conv['lhs'], np.float32))
   w = jnp.asarray(rng.standard_normal(conv['rhs'], np.float32) * 0.1)
   y = jax.eval_shape(apply, x, w)
+  conv['out'] = tuple(y.shape)
   dy = jnp.asarray(rng.standard_normal(y.shape, np.float32))
   fns = {
       'fwd': (apply, (x, w)),
@@ -121,12 +133,15 @@ def jax_times(conv: dict, compiler_options: dict, reps: int, rng) -> dict:
 
 def torch_times(conv: dict, channels_last: bool, reps: int, rng) -> dict | None:
   """The same convolution in PyTorch (NCHW tensors, optionally channels_last memory), in ms;
-  None where this converter does not map the convolution (asymmetric padding, dilation,
-  groups)."""
+  None where this converter does not map the convolution (not NHWC / HWIO, asymmetric padding,
+  dilation, groups). Needs ``conv['out']`` (set by ``jax_times``): the output shapes must
+  agree."""
   import torch
   p = conv['params']
   pads = p['padding']
-  if (any(lo != hi for lo, hi in pads) or any(d != 1 for d in p['lhs_dilation'])
+  nhwc = jax.lax.conv_dimension_numbers(conv['lhs'], conv['rhs'], NHWC)
+  if (p['dimension_numbers'] != nhwc or any(lo != hi for lo, hi in pads)
+      or any(d != 1 for d in p['lhs_dilation'])
       or any(d != 1 for d in p['rhs_dilation']) or p['feature_group_count'] != 1
       or p['batch_group_count'] != 1):
     return None
@@ -140,6 +155,10 @@ def torch_times(conv: dict, channels_last: bool, reps: int, rng) -> dict | None:
   weight = weight.contiguous(memory_format=fmt)
   with torch.no_grad():
     y = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
+    jax_out = conv['out']  # [B, H, W, C]
+    if tuple(y.shape) != (jax_out[0], jax_out[3], jax_out[1], jax_out[2]):
+      raise AssertionError(f'{describe(conv)}: torch output {tuple(y.shape)} is not the NCHW '
+                           f'form of jax output {jax_out}')
     dy = torch.from_numpy(rng.standard_normal(tuple(y.shape), np.float32))
     dy = dy.contiguous(memory_format=fmt)
     return {
@@ -182,6 +201,11 @@ def step_ms(layers: list[dict], side: str) -> float | None:
     passes = ('fwd', 'wgrad') if layer['first'] else PASSES
     total += layer['count'] * sum(t[k] for k in passes)
   return total
+
+
+def _torch_threads() -> int:
+  import torch
+  return torch.get_num_threads()
 
 
 def parse_args(argv=None):
@@ -235,7 +259,8 @@ def main(argv=None) -> dict:
                 'batch': args.batch, 'last_stride': args.last_stride},
       'machine': {'processor': platform.processor() or platform.machine(),
                   'cpu_count': os.cpu_count(), 'jax': jax.__version__,
-                  'backend': jax.default_backend(), 'torch': torch_version},
+                  'backend': jax.default_backend(), 'torch': torch_version,
+                  'torch_threads': _torch_threads() if torch_version else None},
       'compiler_options': sides['reid_jax'],
       'layers': [{'conv': describe(c), 'count': c['count'], 'reads_images': c['first'],
                   **{s: c.get(s) for s in side_names}} for c in layers],

@@ -12,16 +12,16 @@ ImageNet initialisation: the official code loads torchvision's ResNet-50 file
 Usage: --config=configs/baseline.py[:DATASET] with DATASET one of market1501 (default),
 dukemtmc_reid, msmt17, cuhk03_np, synthetic; or :dataset=NAME,center=1.
 
-``:synthetic`` is the README's demo: 48 epochs of the narrow demo network, the most that fits
-about 6 minutes on 2 CPU cores with the dataset already built (docs/benchmarks.md). Every other
+``:synthetic`` is the README's demo: 48 epochs of the narrow demo network, about 6 minutes on 2
+CPU cores including the dataset build (docs/benchmarks.md). Every other
 method's demo trains 30 epochs; ``:synthetic,epochs=30`` gives BoT that shared budget, the BoT
 rows the other methods' demos are compared with.
 """
 
 from reid_jax import config_lib
 
-# The BoT demo's epochs: its step is the cheapest of the methods', so it gets the longest run that
-# keeps the README's demo command (dataset build included) under 7 minutes on 2 idle CPU cores.
+# The BoT demo's epochs: its step is the cheapest of the methods', so it gets a longer run, sized to
+# train, evaluate and build the dataset in about 6 minutes on 2 idle CPU cores (under 7 with margin).
 DEMO_EPOCHS = 48
 
 

@@ -1,9 +1,10 @@
-"""Smoke test of the training benchmark: ``bench/train.py --quick`` (ResNet-18 width 8, 64x32,
+"""Smoke tests of the training benchmarks. ``bench/train.py --quick`` (ResNet-18 width 8, 64x32,
 batch 8, 1 warm-up + 2 timed steps per side) in its own process, for BoT, MPN (96x32) and SAN
 (its two objectives and four optimizers, 256x256 textures); the JSON has both sides' numbers.
 
 The process gets one CPU device (not the 8 simulated ones of conftest) and XLA flags that cut
-compile time (this checks the plumbing, not the speed)."""
+compile time (this checks the plumbing, not the speed). ``bench/conv_layers.py --quick``: the
+per-convolution times (ResNet-18 width 4, 32x16, batch 2), jax and torch."""
 
 import json
 import os
