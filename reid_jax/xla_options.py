@@ -90,4 +90,3 @@ def fusion_barriers_enabled(backend: str | None = None) -> bool:
   if os.environ.get(FUSION_BARRIER_ENV, '1') == '0':
     return False
   return (backend or jax.default_backend()) == 'cpu'
-

@@ -303,8 +303,8 @@ def test_drop_with_its_memory_bank_resumes_bitwise_after_sigkill(tiny_setup):
 
 
 def _config(name, arg):
-  import runpy
-  return runpy.run_path(os.path.join(ROOT, 'configs', name))['get_config'](arg)
+  from reid_jax.feature_extractor import load_config as load_config_path
+  return load_config_path(f"{os.path.join(ROOT, 'configs', name)}:{arg}")
 
 
 def test_demo_presets_bot_longer_others_share_30_epochs():
